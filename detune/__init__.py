@@ -1,0 +1,50 @@
+"""detune: learning-rate control, LR range tests and Ray Tune searches for Ultralytics YOLO, in MLflow.
+
+Importing detune is cheap and has no side effects: the public names below load their modules (and
+torch, Ultralytics, Ray or MLflow behind them) on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "train": "detune.training",
+    "TrainResult": "detune.training",
+    "TrainConfig": "detune.config",
+    "load_config": "detune.config",
+    "DetuneWarning": "detune.config",
+    "make_shapes": "detune.datasets",
+    "check_dataset": "detune.datasets",
+    "DatasetInfo": "detune.datasets",
+    "DetuneError": "detune.errors",
+    "ConfigError": "detune.errors",
+    "DatasetError": "detune.errors",
+    "AdapterError": "detune.errors",
+    "TrackingError": "detune.errors",
+    "TuneError": "detune.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from detune.config import DetuneWarning, TrainConfig, load_config
+    from detune.datasets import DatasetInfo, check_dataset, make_shapes
+    from detune.errors import AdapterError, ConfigError, DatasetError, DetuneError, TrackingError, TuneError
+    from detune.training import TrainResult, train
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'detune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,0 +1,91 @@
+"""The process environment detune trains in: offline, quiet, with a private Ultralytics config dir.
+
+Nothing here runs at ``import detune``. ``prepare()`` is called by the adapter, tracking and tuning
+modules right before they import Ultralytics, MLflow or Ray, because those libraries read these
+variables at import time. The user's own Ultralytics settings file is never read or written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+# Every switch measured in ../shared/STACK-NOTES.md; each one stops a network call or a write to $HOME.
+_ENV = {
+    "YOLO_OFFLINE": "1",  # no is_online() DNS probe, no analytics, no pip update checks
+    "YOLO_AUTOINSTALL": "false",  # check_requirements never pip-installs at run time
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",  # else Ray warns and writes ~/.ray/auth_token
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TQDM_DISABLE": "1",
+}
+
+# Ultralytics rewrites a settings file whose keys or types differ from its schema, so keep all of them.
+_ULTRALYTICS_SETTINGS = {
+    "settings_version": "0.0.8",
+    "datasets_dir": "",
+    "weights_dir": "",
+    "runs_dir": "",
+    "uuid": "detune",
+    "sync": False,
+    "api_key": "",
+    "openai_api_key": "",
+    "clearml": False,
+    "comet": False,
+    "dvc": False,
+    "mlflow": False,
+    "raytune": False,
+    "tensorboard": False,
+    "wandb": False,
+    "vscode_msg": False,
+    "openvino_msg": False,
+}
+
+
+def home() -> Path:
+    """detune's own state directory: ``$DETUNE_HOME`` or ``~/.cache/detune``."""
+    return Path(os.environ.get("DETUNE_HOME") or Path.home() / ".cache" / "detune").expanduser().resolve()
+
+
+def prepare(*, verbose: bool = False) -> Path:
+    """Set the offline/quiet environment and the private Ultralytics config dir; return that dir.
+
+    Idempotent. Variables the user already set are respected, except ``YOLO_CONFIG_DIR``, which
+    always points at detune's copy so the user's Ultralytics settings are never rewritten.
+    """
+    root = home()
+    config_dir = root / "ultralytics"
+    ultra = config_dir / "Ultralytics"
+    ultra.mkdir(parents=True, exist_ok=True)
+    settings = dict(_ULTRALYTICS_SETTINGS, datasets_dir=str(root / "datasets"), weights_dir=str(root / "weights"),
+                    runs_dir=str(Path("runs").resolve()))
+    settings_file = ultra / "settings.json"
+    if not settings_file.exists() or json.loads(settings_file.read_text() or "{}") != settings:
+        _atomic_write(settings_file, json.dumps(settings, indent=2))
+    font = ultra / "Arial.ttf"  # check_font() downloads Arial.ttf unless it is here; any TTF renders the plots
+    if not font.exists():
+        import matplotlib
+
+        dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        tmp = font.with_suffix(".tmp")
+        shutil.copyfile(dejavu, tmp)
+        tmp.replace(font)
+    for key, value in _ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+    os.environ.setdefault("MPLCONFIGDIR", str(root / "matplotlib"))
+    os.environ.setdefault("RAY_TMPDIR", "/tmp/ray")
+    if not verbose:
+        os.environ.setdefault("YOLO_VERBOSE", "false")
+    return config_dir
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""Adapters between detune and training frameworks; only ``ultralytics.py`` imports Ultralytics."""

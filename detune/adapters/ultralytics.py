@@ -1,0 +1,307 @@
+"""The only module that imports Ultralytics: one YOLO training run under detune's LR control.
+
+detune owns the learning rate completely. Ultralytics' own shaping is neutralised: its inline warmup is
+switched off (``warmup_epochs=0`` makes its ``nw`` zero, so the warmup block never runs and
+``accumulate`` stays nominal) and its epoch-stepped ``LambdaLR`` is overwritten, because detune sets
+every param group's lr (and momentum) right before each optimizer step, in ``optimizer_step``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from detune import _runtime
+from detune.config import TrainConfig, schedule_kwargs
+from detune.errors import AdapterError
+
+STATE_FILE = "detune_state.json"  # written beside last.pt: optimizer-step counter and plateau state
+
+
+class Observer(Protocol):
+    """What the adapter tells the rest of detune while it trains; every method is optional."""
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_step(self, step: int, epoch: int, lrs: list[float]) -> None: ...
+    def on_epoch(self, record: dict[str, float], weights_dir: Path) -> None: ...
+
+
+@dataclasses.dataclass
+class RunOutcome:
+    """Plain-data result of ``fit``: no Ultralytics or torch objects."""
+
+    status: str  # completed | diverged | failed
+    history: list[dict[str, float]]
+    save_dir: Path | None
+    weights: dict[str, Path]
+    steps: list[dict[str, float]]  # one entry per optimizer step: step, epoch, lr/pgN
+    info: dict[str, Any]
+    reason: str | None = None
+
+
+class Diverged(Exception):
+    """Raised inside the training loop to stop it at once (no Ultralytics reload-last.pt loop)."""
+
+
+def metric_name(key: str) -> str:
+    """Ultralytics key to an MLflow-safe canonical key: ``metrics/mAP50-95(B)`` -> ``metrics/mAP50-95``."""
+    return key.replace("(B)", "").replace("(", "_").replace(")", "")
+
+
+def resolve_device(device: str) -> str:
+    """Map detune's device request to Ultralytics'. Inside a Ray trial, CUDA_VISIBLE_DEVICES is set by Ray
+    and the first visible GPU is always index 0."""
+    if device == "auto":
+        import torch
+
+        return "0" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def cpu_threads(cfg: TrainConfig) -> int:
+    if cfg.threads:
+        return cfg.threads
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+class _Control:
+    """Per-run state shared by the trainer subclass and the callbacks."""
+
+    def __init__(self, cfg: TrainConfig, observer: Any, resume_from: Path | None) -> None:
+        self.cfg = cfg
+        self.resume_from = resume_from
+        resume_state = None
+        if resume_from is not None and (resume_from.parent / STATE_FILE).exists():
+            resume_state = json.loads((resume_from.parent / STATE_FILE).read_text())
+        self.observer = observer
+        self.plan: Any = None
+        self.step = int((resume_state or {}).get("step", 0))
+        self.plateau_state = (resume_state or {}).get("plateau")
+        self.history: list[dict[str, float]] = []
+        self.steps: list[dict[str, float]] = []
+        self.info: dict[str, Any] = {}
+        self.epoch_pending = False
+        self.smoothed: float | None = None
+        self.min_smoothed = math.inf
+        self.batches = 0
+
+    def call(self, name: str, *args: Any) -> None:
+        fn = getattr(self.observer, name, None)
+        if fn is not None:
+            fn(*args)
+
+    # ---- LR control -------------------------------------------------------------------------------
+    def start(self, trainer: Any) -> None:
+        from detune.schedules import build_plan
+
+        nb = len(trainer.train_loader)
+        steps_per_epoch = nb / trainer.accumulate
+        self.plan = build_plan(
+            scheduler=self.cfg.schedule_name, scheduler_params=schedule_kwargs(self.cfg),
+            lr0=self.cfg.effective_lr0, epochs=self.cfg.epochs, steps_per_epoch=steps_per_epoch,
+            interval=self.cfg.scheduler_interval, warmup_epochs=self.cfg.warmup_epochs,
+            warmup_bias_lr=self.cfg.warmup_bias_lr, warmup_momentum=self.cfg.warmup_momentum,
+            momentum=self.cfg.momentum,
+        )
+        if self.plateau_state is not None and hasattr(self.plan.schedule, "load_state"):
+            self.plan.schedule.load_state(self.plateau_state)
+        if trainer.device.type == "cpu":
+            import torch
+
+            torch.set_num_threads(cpu_threads(self.cfg))  # Ultralytics pins cpu_count-1 threads
+        self.info = {"batches_per_epoch": nb, "accumulate": trainer.accumulate, "steps_per_epoch": steps_per_epoch,
+                     "warmup_steps": self.plan.warmup_steps, "device": str(trainer.device),
+                     "save_dir": str(trainer.save_dir), "param_groups": len(trainer.optimizer.param_groups),
+                     "start_epoch": trainer.start_epoch}
+        self.call("on_start", dict(self.info))
+
+    def apply(self, trainer: Any) -> None:
+        """Set every param group's lr (and momentum) for the optimizer step about to happen."""
+        self.check_finite(trainer)
+        epoch, step = trainer.epoch, self.step
+        momentum = self.plan.momentum_at(step)
+        lrs = []
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = self.plan.lr(step, epoch, bias=group.get("param_group") == "bias",
+                                       mult=group.get("detune_mult", 1.0))
+            if "momentum" in group:  # Adam-family groups have betas; Ultralytics' warmup skips them too
+                group["momentum"] = momentum
+            lrs.append(group["lr"])
+        self.steps.append({"step": step, "epoch": epoch, **{f"lr/pg{i}": lr for i, lr in enumerate(lrs)}})
+        self.call("on_step", step, epoch, lrs)
+        self.step += 1
+
+    # ---- divergence guard -------------------------------------------------------------------------
+    def check_finite(self, trainer: Any) -> None:
+        loss = trainer.loss
+        if loss is not None and not bool(loss.detach().isfinite().all()):
+            raise Diverged(f"loss is {float(loss.detach().sum())} at epoch {trainer.epoch + 1}, step {self.step}")
+
+    def after_batch(self, trainer: Any) -> None:
+        self.check_finite(trainer)
+        factor = self.cfg.divergence_factor
+        if not factor or trainer.loss is None:
+            return
+        value = float(trainer.loss.detach().sum()) / max(trainer.batch_size, 1)
+        self.batches += 1
+        beta = 0.9  # bias-corrected EMA, as in Smith's LR range test
+        self.smoothed = value if self.smoothed is None else beta * self.smoothed + (1 - beta) * value
+        if self.step <= max(self.plan.warmup_steps, 1) or self.batches < 5:
+            return
+        if self.smoothed > factor * self.min_smoothed:
+            raise Diverged(f"smoothed loss {self.smoothed:.4g} exceeded {factor:g} x its minimum "
+                           f"{self.min_smoothed:.4g} at epoch {trainer.epoch + 1}, step {self.step}")
+        self.min_smoothed = min(self.min_smoothed, self.smoothed)
+
+    # ---- per epoch ---------------------------------------------------------------------------------
+    def end_epoch(self, trainer: Any) -> None:
+        if not self.epoch_pending:  # final_eval fires on_fit_epoch_end once more; it is not an epoch
+            return
+        self.epoch_pending = False
+        record: dict[str, float] = {"epoch": trainer.epoch + 1}
+        if trainer.tloss is not None:
+            record.update(trainer.label_loss_items(trainer.tloss, prefix="train"))
+        record.update({metric_name(k): float(v) for k, v in trainer.metrics.items()})
+        record["fitness"] = float(trainer.fitness) if trainer.fitness is not None else float("nan")
+        record.update({k: float(v) for k, v in trainer.lr.items()})
+        record["epoch_time"] = float(trainer.epoch_time or 0.0)
+        self.plan.observe(trainer.epoch, record["fitness"])
+        self.history.append(record)
+        state = {"step": self.step, "epoch": trainer.epoch}
+        if hasattr(self.plan.schedule, "state"):
+            state["plateau"] = self.plan.schedule.state()
+        (Path(trainer.wdir) / STATE_FILE).write_text(json.dumps(state))
+        self.call("on_epoch", dict(record), Path(trainer.wdir))
+
+
+def _trainer_class(ctl: _Control) -> type:
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    class DetuneTrainer(DetectionTrainer):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            _drop_integration_callbacks(self.callbacks)
+
+        def setup_model(self) -> Any:
+            ckpt = super().setup_model()
+            if ctl.resume_from is not None:
+                from ultralytics.nn.tasks import load_checkpoint
+
+                _, ckpt = load_checkpoint(ctl.resume_from)
+                self.resume = True  # makes resume_training() restore optimizer, EMA, epoch and best fitness
+            return ckpt
+
+        def build_optimizer(self, *args: Any, **kwargs: Any) -> Any:
+            optimizer = super().build_optimizer(*args, **kwargs)
+            if ctl.cfg.lr_mult:
+                _split_groups(optimizer, self.model, ctl.cfg.lr_mult)
+            return optimizer
+
+        def optimizer_step(self) -> None:
+            ctl.apply(self)
+            super().optimizer_step()
+
+    return DetuneTrainer
+
+
+def _drop_integration_callbacks(callbacks: dict[str, list[Callable[..., Any]]]) -> None:
+    """Remove Ultralytics' hub/platform/MLflow/Ray Tune/... callbacks: detune logs and reports itself."""
+    for event, fns in callbacks.items():
+        callbacks[event] = [f for f in fns if not (getattr(f, "__module__", "") or "").startswith(
+            ("ultralytics.utils.callbacks.", "ultralytics.utils.events", "ultralytics.hub"))
+            or (f.__module__ or "").endswith(".base")]
+
+
+def _split_groups(optimizer: Any, model: Any, lr_mult: dict[str, float]) -> None:
+    """Move the params of each model part with an lr multiplier into their own param groups (appended after
+    Ultralytics' three, so lr/pg0..2 keep their meaning)."""
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    net = unwrap_model(model)
+    n_backbone = len(net.yaml.get("backbone", []))
+    n_layers = len(net.model)
+    part_of: dict[int, str] = {}
+    for name, param in net.named_parameters():
+        index = int(name.split(".")[1])
+        part_of[id(param)] = "backbone" if index < n_backbone else "head" if index == n_layers - 1 else "neck"
+    base_groups = list(optimizer.param_groups)
+    for part, mult in lr_mult.items():
+        for group in base_groups:
+            moved = [p for p in group["params"] if part_of.get(id(p)) == part]
+            if not moved:
+                continue
+            group["params"] = [p for p in group["params"] if part_of.get(id(p)) != part]
+            new = {k: v for k, v in group.items() if k != "params"}
+            optimizer.add_param_group({**new, "params": moved, "detune_mult": float(mult), "detune_part": part})
+
+
+def yolo_overrides(cfg: TrainConfig, data_yaml: Path) -> dict[str, Any]:
+    """detune config -> ``YOLO.train`` keyword arguments, with Ultralytics' own LR shaping switched off."""
+    return {
+        **cfg.extra,
+        "data": str(data_yaml), "epochs": cfg.epochs, "batch": cfg.batch, "imgsz": cfg.imgsz,
+        "device": resolve_device(cfg.device), "seed": cfg.seed, "project": str(Path(cfg.project).resolve()),
+        "name": cfg.name, "optimizer": "RMSprop" if cfg.optimizer == "RMSProp" else cfg.optimizer,
+        "lr0": cfg.effective_lr0, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "nbs": cfg.nbs,
+        "warmup_epochs": 0.0,  # detune's warmup wrapper replaces Ultralytics' inline warmup
+        "warmup_bias_lr": cfg.warmup_bias_lr, "warmup_momentum": cfg.warmup_momentum,
+        "lrf": cfg.lrf, "cos_lr": cfg.cos_lr, "val": True, "verbose": cfg.verbose,
+        "exist_ok": cfg.extra.get("exist_ok", False),
+    }
+
+
+def fit(cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from: Path | None = None) -> RunOutcome:
+    """Train ``cfg.model`` on ``data_yaml`` under detune's LR plan.
+
+    Args:
+        resume_from: a ``last.pt`` written by detune (with ``detune_state.json`` beside it) to continue from.
+
+    Returns a ``RunOutcome``; divergence and training errors are reported in it, never raised, so nothing
+    already computed is lost. Setup errors (bad model file, unreadable data) raise ``AdapterError``.
+    """
+    _runtime.prepare(verbose=cfg.verbose)
+    ctl = _Control(cfg, observer, Path(resume_from) if resume_from else None)
+    try:
+        from ultralytics import YOLO
+
+        model = YOLO(str(resume_from or cfg.model))
+    except Exception as e:  # a bad YAML or .pt: nothing has been computed yet
+        raise AdapterError(f"model ({cfg.model!r}) could not be built: {e}") from e
+    model.add_callback("on_train_start", ctl.start)
+    model.add_callback("on_train_batch_end", ctl.after_batch)
+    model.add_callback("on_train_epoch_end", lambda t: setattr(ctl, "epoch_pending", True))
+    model.add_callback("on_fit_epoch_end", ctl.end_epoch)
+    trainer_cls = _trainer_class(ctl)
+    status, reason = "completed", None
+    try:
+        model.train(trainer=trainer_cls, **yolo_overrides(cfg, data_yaml))
+    except Diverged as e:
+        status, reason = "diverged", str(e)
+    except Exception as e:  # noqa: BLE001 - any training failure becomes a failed outcome with its reason
+        status, reason = "failed", f"{type(e).__name__}: {e}"
+    trainer = model.trainer
+    _close_loaders(trainer)
+    save_dir = Path(trainer.save_dir) if trainer is not None and getattr(trainer, "save_dir", None) else None
+    weights = {}
+    if trainer is not None:
+        weights = {k: Path(getattr(trainer, k)) for k in ("best", "last") if Path(getattr(trainer, k, "")).is_file()}
+    return RunOutcome(status=status, history=ctl.history, save_dir=save_dir, weights=weights, steps=ctl.steps,
+                      info=ctl.info, reason=reason)
+
+
+def _close_loaders(trainer: Any) -> None:
+    for name in ("train_loader", "test_loader"):
+        loader = getattr(trainer, name, None)
+        if loader is not None and hasattr(loader, "close"):
+            try:
+                loader.close()
+            except Exception:  # noqa: BLE001 - already closed by Ultralytics on a normal exit
+                pass

@@ -1,0 +1,308 @@
+"""Typed training config: Ultralytics' names for every LR knob, validated before any compute."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import importlib.util
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detune.errors import ConfigError
+
+
+class DetuneWarning(UserWarning):
+    """A setting is accepted but probably not what the user wants (shown by the CLI, never printed here)."""
+
+
+OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp", "MuSGD", "auto")
+LR_MULT_PARTS = ("backbone", "neck", "head")
+LR_SCALINGS = ("none", "linear", "sqrt")
+INTERVALS = ("step", "epoch")
+NOMINAL_BATCH = 64  # Ultralytics' default nbs: the batch its default lr0 was tuned for
+
+# Ultralytics train arguments that detune owns or that would break per-step LR control.
+_RESERVED = {
+    "resume": "detune resumes from its own checkpoints; use detune.tune(..., resume=True)",
+    "time": "time-limited training re-plans epochs mid-run, which breaks the LR schedule; set epochs",
+    "mode": "detune always trains",
+    "cfg": "pass a detune YAML config instead",
+    "trainer": "detune installs its own trainer",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines one detune training run.
+
+    LR knobs keep Ultralytics' names and defaults, except ``optimizer`` (explicit ``SGD`` instead of
+    ``auto``, which silently replaces lr0 and momentum). Any other Ultralytics train argument goes in
+    ``extra`` (validated against Ultralytics' own ``cfg/default.yaml``).
+    """
+
+    model: str = "yolo11n.yaml"
+    data: str = "shapes"  # an Ultralytics data YAML, or "shapes" for the generated dataset
+    epochs: int = 100
+    batch: int = 16
+    imgsz: int = 640
+    device: str = "auto"
+    seed: int = 0
+    project: str = "runs/detune"
+    name: str = "train"
+    optimizer: str = "SGD"
+    lr0: float = 0.01
+    lrf: float = 0.01
+    momentum: float = 0.937
+    weight_decay: float = 0.0005
+    warmup_epochs: float = 3.0
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+    cos_lr: bool = False
+    nbs: int = 64
+    scheduler: str | None = None  # None: "cosine" if cos_lr else "linear", as Ultralytics does
+    scheduler_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    scheduler_interval: str = "step"
+    lr_mult: dict[str, float] = dataclasses.field(default_factory=dict)
+    lr_scaling: str = "none"
+    divergence_factor: float = 10.0  # stop when smoothed loss > factor x its minimum after warmup; 0 = off
+    threads: int | None = None  # CPU threads for torch; None = every core this process may use
+    tracking: Any = False  # False, True (default store), a tracking URI, or a mapping (see detune.tracking)
+    verbose: bool = False
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def schedule_name(self) -> str:
+        return self.scheduler or ("cosine" if self.cos_lr else "linear")
+
+    @property
+    def accumulate(self) -> int:
+        """Batches per optimizer step, as Ultralytics computes it."""
+        return max(round(self.nbs / self.batch), 1)
+
+    @property
+    def effective_lr0(self) -> float:
+        """lr0 after ``lr_scaling`` relative to Ultralytics' nominal batch of 64 (Goyal et al., 2017)."""
+        ratio = self.batch * self.accumulate / NOMINAL_BATCH
+        return self.lr0 * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-safe mapping that ``TrainConfig.from_dict`` (and ``detune.train``) accepts."""
+        out = dataclasses.asdict(self)
+        extra = out.pop("extra")
+        out.update(extra)
+        return out
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return from_dict({**self.to_dict(), **changes})
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra")
+
+
+def from_dict(values: Mapping[str, Any]) -> TrainConfig:
+    """Build a ``TrainConfig`` from a flat mapping; unknown keys go to ``extra`` if Ultralytics knows them."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"a train config must be a mapping of settings, got {type(values).__name__}")
+    own: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(values.get("extra") or {})
+    for key, value in values.items():
+        if key == "extra":
+            continue
+        if key in FIELDS:
+            own[key] = value
+        else:
+            extra[key] = value
+    for key in extra:
+        _check_extra_key(key)
+    return TrainConfig(**own, extra=extra)
+
+
+def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None = None, **overrides: Any) -> TrainConfig:
+    """Load a train config from a YAML path or mapping, then apply keyword overrides (highest precedence)."""
+    base: dict[str, Any] = {}
+    if isinstance(source, Mapping):
+        base = dict(source)
+    elif source is not None:
+        base = read_yaml(source)
+    return from_dict({**base, **overrides})
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML mapping with ``safe_load``; errors name the file and the fix."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist; pass the path of a YAML file")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of settings, got {type(loaded).__name__}")
+    return loaded
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Parse Ultralytics-style ``key=value`` arguments; values are YAML scalars (``lr0=1e-3``, ``cos_lr=true``)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} must look like key=value, e.g. lr0=0.02")
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError:
+            value = raw
+        target = out
+        *parents, leaf = key.split(".")  # scheduler_params.gamma=0.5
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return out
+
+
+@functools.cache
+def ultralytics_train_keys() -> frozenset[str]:
+    """Keys of Ultralytics' ``cfg/default.yaml``, read from disk without importing Ultralytics."""
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    default = Path(next(iter(spec.submodule_search_locations))) / "cfg" / "default.yaml"
+    return frozenset(yaml.safe_load(default.read_text()) or {})
+
+
+def _check_extra_key(key: str) -> None:
+    if key in _RESERVED:
+        raise ConfigError(f"{key!r} cannot be set through detune: {_RESERVED[key]}")
+    known = ultralytics_train_keys()
+    if key not in known:
+        close = difflib.get_close_matches(key, [*FIELDS, *known], n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `detune train --help` for valid keys"
+        raise ConfigError(f"unknown setting {key!r}{hint}")
+
+
+def _fail(field: str, value: Any, rule: str, fix: str) -> None:
+    raise ConfigError(f"{field} ({value!r}) {rule}; {fix}")
+
+
+def _number(cfg: TrainConfig, field: str, kind: type = float) -> float:
+    value = getattr(cfg, field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        _fail(field, value, f"must be {'an integer' if kind is int else 'a number'}", f"set e.g. {field}: "
+              f"{getattr(TrainConfig, field, 1)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        _fail(field, value, "must be finite", "use a finite number")
+    return value
+
+
+def _validate(cfg: TrainConfig) -> None:
+    for field in ("epochs", "batch", "imgsz", "seed", "nbs"):
+        _number(cfg, field, int)
+    for field in ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
+                  "divergence_factor"):
+        _number(cfg, field)
+    if cfg.epochs < 1:
+        _fail("epochs", cfg.epochs, "must be >= 1", "train for at least one epoch")
+    if cfg.batch < 1:
+        _fail("batch", cfg.batch, "must be a positive batch size (AutoBatch is not supported: the LR schedule "
+              "needs the real number of optimizer steps)", "set e.g. batch: 16")
+    if cfg.imgsz < 32:
+        _fail("imgsz", cfg.imgsz, "must be >= 32 (the largest YOLO stride)", "set e.g. imgsz: 640")
+    if cfg.nbs < 1:
+        _fail("nbs", cfg.nbs, "must be >= 1", "set nbs to the batch size (one optimizer step per batch) or 64")
+    if cfg.lr0 <= 0:
+        _fail("lr0", cfg.lr0, "must be > 0", "use a positive learning rate such as 0.01 (SGD) or 0.001 (Adam)")
+    if not 0 < cfg.lrf <= 1:
+        _fail("lrf", cfg.lrf, "must be in (0, 1] (final lr = lr0 * lrf)", "use e.g. lrf: 0.01")
+    for field in ("momentum", "warmup_momentum"):
+        if not 0 <= getattr(cfg, field) < 1:
+            _fail(field, getattr(cfg, field), "must be in [0, 1)", f"use e.g. {field}: 0.9")
+    if cfg.weight_decay < 0:
+        _fail("weight_decay", cfg.weight_decay, "must be >= 0", "use e.g. weight_decay: 0.0005")
+    if cfg.warmup_bias_lr < 0:
+        _fail("warmup_bias_lr", cfg.warmup_bias_lr, "must be >= 0", "use e.g. warmup_bias_lr: 0.1")
+    if not 0 <= cfg.warmup_epochs < cfg.epochs:
+        _fail("warmup_epochs", cfg.warmup_epochs, f"must be >= 0 and below epochs ({cfg.epochs})",
+              "lower warmup_epochs or raise epochs")
+    if cfg.divergence_factor != 0 and cfg.divergence_factor <= 1:
+        _fail("divergence_factor", cfg.divergence_factor, "must be > 1, or 0 to turn the guard off",
+              "use e.g. divergence_factor: 10")
+    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
+        _fail("threads", cfg.threads, "must be a positive integer or null", "use e.g. threads: 2")
+    _validate_choices(cfg)
+    _validate_schedule(cfg)
+    parse_device(cfg.device)
+    if str(cfg.model).endswith(".pt") and not Path(cfg.model).is_file():
+        _fail("model", cfg.model, "is a .pt file that does not exist here (detune never downloads weights)",
+              "build from a model YAML such as yolo11n.yaml, or pass the path of a local .pt file")
+
+
+def _validate_choices(cfg: TrainConfig) -> None:
+    canonical = {o.lower(): o for o in OPTIMIZERS}
+    if str(cfg.optimizer).lower() not in canonical:
+        _fail("optimizer", cfg.optimizer, f"is not one of {', '.join(OPTIMIZERS)}", "pick one of those, e.g. SGD")
+    if canonical[str(cfg.optimizer).lower()] != cfg.optimizer:
+        object.__setattr__(cfg, "optimizer", canonical[str(cfg.optimizer).lower()])
+    if cfg.optimizer == "auto":
+        warnings.warn("optimizer='auto' makes Ultralytics ignore lr0, momentum and warmup_bias_lr (it picks AdamW "
+                      "or MuSGD with its own lr); set an explicit optimizer such as SGD to control the LR",
+                      DetuneWarning, stacklevel=4)
+    if cfg.scheduler_interval not in INTERVALS:
+        _fail("scheduler_interval", cfg.scheduler_interval, f"must be one of {', '.join(INTERVALS)}",
+              "use step (per optimizer step) or epoch (held within each epoch)")
+    if cfg.lr_scaling not in LR_SCALINGS:
+        _fail("lr_scaling", cfg.lr_scaling, f"must be one of {', '.join(LR_SCALINGS)}", "use none, linear or sqrt")
+    if not isinstance(cfg.lr_mult, Mapping):
+        _fail("lr_mult", cfg.lr_mult, "must be a mapping", "use e.g. lr_mult: {backbone: 0.1}")
+    for part, mult in cfg.lr_mult.items():
+        if part not in LR_MULT_PARTS:
+            _fail(f"lr_mult.{part}", mult, f"names an unknown part; valid parts are {', '.join(LR_MULT_PARTS)}",
+                  "use backbone, neck or head")
+        if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not mult > 0:
+            _fail(f"lr_mult.{part}", mult, "must be a number > 0", "use e.g. 0.1 to train that part 10x slower")
+
+
+def _validate_schedule(cfg: TrainConfig) -> None:
+    from detune.schedules import create_schedule
+
+    if not isinstance(cfg.scheduler_params, Mapping):
+        _fail("scheduler_params", cfg.scheduler_params, "must be a mapping", "use e.g. scheduler_params: {gamma: 0.5}")
+    # Build once with one step per epoch: raises ConfigError naming any unknown or invalid param.
+    create_schedule(cfg.schedule_name, base_lr=cfg.lr0, total_steps=float(cfg.epochs), steps_per_epoch=1.0,
+                    **schedule_kwargs(cfg))
+
+
+def schedule_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """Scheduler params with Ultralytics' ``lrf`` filled in for the kinds that use it."""
+    from detune.schedules import schedule_params
+
+    params = dict(cfg.scheduler_params)
+    if "lrf" in schedule_params(cfg.schedule_name):
+        params.setdefault("lrf", cfg.lrf)
+    return params
+
+
+def parse_device(device: Any) -> str:
+    """Normalise a device request: ``cpu``, ``auto``, ``0`` or ``cuda:0``; one device per training."""
+    text = str(device).strip().lower().replace("cuda:", "")
+    if text in ("cpu", "auto", "mps"):
+        return text
+    if text.isdigit():
+        return text
+    parts = [p for p in text.replace("[", "").replace("]", "").split(",") if p.strip()]
+    if len(parts) > 1 and all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"device ({device!r}) names several GPUs; detune trains on one device per run (Ultralytics' "
+                          "multi-GPU DDP runs in subprocesses detune's per-step LR control cannot reach); use one GPU, "
+                          "e.g. device: 0, or run a study (detune tune) to use all GPUs at once")
+    raise ConfigError(f"device ({device!r}) is not a device; use cpu, auto, a GPU index such as 0, or cuda:0")

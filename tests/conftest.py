@@ -1,0 +1,43 @@
+"""Shared fixtures: an isolated detune home, tiny generated datasets and the real COCO128 when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+COCO128_YAML = SHARED / "datasets" / "coco128.yaml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def detune_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Point detune's state (private Ultralytics settings, generated data) at a temp dir for the session."""
+    home = tmp_path_factory.mktemp("detune-home")
+    os.environ["DETUNE_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def shapes_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny generated dataset: 32 train and 16 val images at 64 px."""
+    from detune.datasets import make_shapes
+
+    return make_shapes(tmp_path_factory.mktemp("shapes"), n_train=32, n_val=16, imgsz=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def coco128_yaml() -> Path:
+    if not COCO128_YAML.is_file():
+        pytest.skip(f"real COCO128 not found at {COCO128_YAML} (../shared is absent)")
+    return COCO128_YAML
+
+
+@pytest.fixture
+def tiny(tmp_path: Path, shapes_yaml: Path) -> dict[str, object]:
+    """Settings for a fast real training on CPU (seconds per epoch)."""
+    return {"model": "yolo11n.yaml", "data": str(shapes_yaml), "epochs": 2, "batch": 8, "nbs": 8, "imgsz": 64,
+            "device": "cpu", "workers": 0, "plots": False, "project": str(tmp_path / "runs"), "name": "t",
+            "warmup_epochs": 0.0, "mosaic": 0.0}

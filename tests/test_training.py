@@ -1,0 +1,130 @@
+"""Real trainings on CPU through ``detune.train`` (tiny images, 1-2 epochs)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import detune
+from detune.errors import ConfigError, DatasetError
+from detune.training import CANONICAL_KEYS
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_two_epochs_completes_with_canonical_history(tiny: dict) -> None:
+    result = detune.train(**{**tiny, "lr0": 0.02, "optimizer": "SGD", "scheduler": "constant"})
+    assert result.status == "completed", result.reason
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    for record in result.history:
+        assert set(CANONICAL_KEYS) <= set(record), set(CANONICAL_KEYS) - set(record)
+        assert all("(" not in k for k in record)
+        assert record["lr/pg0"] == pytest.approx(0.02, rel=1e-12)  # constant schedule, no warmup
+    assert result.weights["best"].is_file() and result.weights["last"].is_file()
+    assert result.best_epoch in (1, 2) and "metrics/mAP50-95" in result.best
+    assert result.config["lr0"] == 0.02 and result.config["scheduler"] == "constant"
+    # one entry per optimizer step: 32 images / batch 8 = 4 steps per epoch
+    assert len(result.steps) == 8 and {s["epoch"] for s in result.steps} == {0, 1}
+
+
+def test_history_lr_is_last_step_of_epoch_under_default_linear_schedule(tiny: dict) -> None:
+    result = detune.train(**{**tiny, "lr0": 0.02})
+    assert result.status == "completed", result.reason
+    for record in result.history:
+        last = [s for s in result.steps if s["epoch"] == record["epoch"] - 1][-1]
+        assert record["lr/pg0"] == pytest.approx(last["lr/pg0"], rel=1e-12)
+        assert 0.02 * 0.01 <= record["lr/pg0"] < 0.02
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        ({"lr0": -1.0}, ConfigError, r"lr0 \(-1.0\) must be > 0"),
+        ({"lr_zero": 0.1}, ConfigError, r"unknown setting 'lr_zero'"),
+        ({"data": "no/such/data.yaml"}, DatasetError, r"no/such/data.yaml"),
+    ],
+)
+def test_bad_input_raises_before_training(tiny: dict, bad: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        detune.train(**{**tiny, **bad})
+    assert not Path(tiny["project"]).exists()  # nothing was trained
+
+
+def test_train_on_real_coco128_slice(tmp_path: Path, coco128_yaml: Path) -> None:
+    result = detune.train(model="yolo11n.yaml", data=str(coco128_yaml), epochs=1, batch=8, nbs=8, imgsz=64,
+                          fraction=0.125, device="cpu", warmup_epochs=0.0, plots=False,
+                          project=str(tmp_path), name="coco", lr0=0.01)
+    assert result.status == "completed", result.reason
+    assert result.info["dataset"]["nc"] == 80
+    assert math.isfinite(result.history[0]["train/box_loss"])
+
+
+OFFLINE_SCRIPT = textwrap.dedent(
+    """
+    import json, socket, sys
+    attempts = []
+
+    def _blocked(host):
+        return not (str(host).startswith("127.") or str(host) in ("localhost", "::1", "") or str(host).startswith("/"))
+
+    _connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if _blocked(host):
+            attempts.append(("connect", str(host)))
+            raise OSError("network blocked by test")
+        return _connect(self, address)
+
+    def connect_ex(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if _blocked(host):
+            attempts.append(("connect_ex", str(host)))
+            return 101
+        return _connect_ex(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if _blocked(host):
+            attempts.append(("dns", str(host)))
+            raise socket.gaierror("DNS blocked by test")
+        return _getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+    socket.gethostbyname = lambda host: getaddrinfo(host, 0)[0][4][0]
+    socket.create_connection.__defaults__  # keep the name used
+
+    import detune
+    result = detune.train(model="yolo11n.yaml", data=sys.argv[1], epochs=1, batch=8, nbs=8, imgsz=64,
+                          device="cpu", warmup_epochs=0.0, plots=True, project=sys.argv[2], name="offline")
+    print(json.dumps({"status": result.status, "reason": result.reason, "attempts": attempts,
+                      "save_dir": str(result.save_dir)}))
+    """
+)
+
+
+def test_training_is_offline_quiet_and_leaves_user_settings_alone(tmp_path: Path, shapes_yaml: Path) -> None:
+    """Every non-loopback connection and DNS lookup is blocked and recorded; training must still complete,
+    make no attempt at all, print nothing but our JSON, render its plots, and write nothing to $HOME."""
+    import json
+    import os
+
+    home = tmp_path / "home"
+    home.mkdir()
+    script = tmp_path / "offline.py"
+    script.write_text(OFFLINE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "MLFLOW_", "RAY_"))}
+    env.update(HOME=str(home), DETUNE_HOME=str(tmp_path / "detune-home"), XDG_CONFIG_HOME=str(home / ".config"))
+    out = subprocess.run([sys.executable, str(script), str(shapes_yaml), str(tmp_path / "runs")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["status"] == "completed", report["reason"]
+    assert report["attempts"] == []
+    assert out.stdout.strip().count("\n") == 0, out.stdout  # quiet: nothing else on stdout
+    assert list(home.iterdir()) == []  # no ~/.config/Ultralytics, no ~/.cache, nothing
+    assert any(Path(report["save_dir"]).glob("*.png")), "plots were not rendered"
