@@ -8,6 +8,7 @@ import functools
 import importlib.util
 import math
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -106,6 +107,22 @@ class TrainConfig:
         return from_dict({**self.to_dict(), **changes})
 
 
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+
+
+def safe_load(text: str) -> Any:
+    """Parse YAML safely (no object construction), with scientific-notation floats."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra")
 
 
@@ -143,7 +160,7 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist; pass the path of a YAML file")
     try:
-        loaded = yaml.safe_load(p.read_text())
+        loaded = safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
     if loaded is None:
@@ -161,7 +178,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"override {pair!r} must look like key=value, e.g. lr0=0.02")
         try:
-            value = yaml.safe_load(raw) if raw else None
+            value = safe_load(raw) if raw else None
         except yaml.YAMLError:
             value = raw
         target = out

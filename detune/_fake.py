@@ -1,0 +1,62 @@
+"""A fake trainer with the adapter's ``fit`` signature: fast, deterministic curves for tests of tuning.
+
+Metrics follow a formula peaked at lr0 = 0.01 (log scale) that grows with epochs; lr0 >= 1 diverges.
+It writes ``last.pt`` (a small JSON stand-in) and ``detune_state.json`` like the real adapter, so
+checkpoints, resume and PBT exploits go through the same code paths.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from detune.adapters.ultralytics import STATE_FILE, RunOutcome
+from detune.config import TrainConfig
+
+STEPS_PER_EPOCH = 4
+
+
+def score(lr0: float, epoch: int) -> float:
+    """mAP-like value in [0, 1): best near lr0=0.01, rising with epochs."""
+    return 0.8 * math.exp(-(math.log10(lr0 / 0.01)) ** 2) * (1 - math.exp(-epoch / 2))
+
+
+def fit(cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from: Path | None = None) -> RunOutcome:
+    save_dir = Path(cfg.project).resolve() / cfg.name
+    weights = save_dir / "weights"
+    weights.mkdir(parents=True, exist_ok=True)
+    start, weight_lr = 0, None
+    if resume_from is not None:
+        start = json.loads(Path(resume_from).read_text())["epoch"] + 1
+        weight_lr = json.loads(Path(resume_from).read_text())["lr0"]
+    info = {"steps_per_epoch": STEPS_PER_EPOCH, "device": cfg.device, "save_dir": str(save_dir),
+            "start_epoch": start, "resumed_weights_lr0": weight_lr, "batches_per_epoch": STEPS_PER_EPOCH,
+            "accumulate": 1, "warmup_steps": 0, "param_groups": 3}
+    if observer is not None and hasattr(observer, "on_start"):
+        observer.on_start(dict(info))
+    history, steps = [], []
+    for epoch in range(start, cfg.epochs):
+        time.sleep(0.05)
+        if cfg.lr0 >= 1.0:
+            return RunOutcome("diverged", history, save_dir, {}, steps, info,
+                              reason=f"loss is nan at epoch {epoch + 1}, step {epoch * STEPS_PER_EPOCH}")
+        for i in range(STEPS_PER_EPOCH):
+            step = epoch * STEPS_PER_EPOCH + i
+            steps.append({"step": step, "epoch": epoch, "lr/pg0": cfg.lr0, "lr/pg1": cfg.lr0, "lr/pg2": cfg.lr0})
+            if observer is not None and hasattr(observer, "on_step"):
+                observer.on_step(step, epoch, [cfg.lr0] * 3)
+        value = score(cfg.lr0, epoch + 1)
+        record = {"epoch": epoch + 1, "train/box_loss": 2 - value, "train/cls_loss": 3 - value,
+                  "train/dfl_loss": 1.5 - value / 2, "val/box_loss": 2 - value, "val/cls_loss": 3 - value,
+                  "val/dfl_loss": 1.5 - value / 2, "metrics/precision": value, "metrics/recall": value,
+                  "metrics/mAP50": min(1.0, value * 1.5), "metrics/mAP50-95": value, "fitness": value,
+                  "lr/pg0": cfg.lr0, "lr/pg1": cfg.lr0, "lr/pg2": cfg.lr0, "epoch_time": 0.05}
+        history.append(record)
+        (weights / "last.pt").write_text(json.dumps({"epoch": epoch, "lr0": cfg.lr0}))
+        (weights / STATE_FILE).write_text(json.dumps({"step": (epoch + 1) * STEPS_PER_EPOCH, "epoch": epoch}))
+        if observer is not None and hasattr(observer, "on_epoch"):
+            observer.on_epoch(dict(record), weights)
+    return RunOutcome("completed", history, save_dir, {"last": weights / "last.pt"}, steps, info)

@@ -1,0 +1,149 @@
+"""Study config: a base train config plus the search space, search algorithm and trial scheduler."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from detune.config import TrainConfig, from_dict, read_yaml
+from detune.errors import ConfigError
+from detune.search_space import Dim, parse_search_space
+
+SEARCHES = ("random", "grid", "optuna", "hyperopt", "bohb")
+TRIAL_SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
+MODES = ("max", "min")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """A validated study: ``train`` is the base config every trial starts from."""
+
+    train: TrainConfig
+    search_space: dict[str, Dim]
+    name: str = "study"
+    output_dir: Path = Path("runs/detune/study")
+    search: str = "random"
+    search_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    trial_scheduler: str = "asha"
+    trial_scheduler_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    num_samples: int = 8
+    max_concurrent_trials: int | None = None
+    metric: str = "metrics/mAP50-95"
+    mode: str = "max"
+    resources_per_trial: dict[str, float] = dataclasses.field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    time_budget_s: float | None = None
+    storage_path: Path = Path("runs/detune/study/ray")
+    tracking: Any = True
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """YAML-safe mapping that ``load_study`` accepts again."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["train"] = self.train.to_dict()
+        out["search_space"] = {k: d.to_yaml() for k, d in self.search_space.items()}
+        out["output_dir"], out["storage_path"] = str(self.output_dir), str(self.storage_path)
+        return out
+
+
+_STUDY_KEYS = tuple(f.name for f in dataclasses.fields(StudyConfig))
+
+
+def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: Any) -> StudyConfig:
+    """Load and validate a study from a YAML path or mapping; ``overrides`` win (``train.lr0=...`` style
+    dotted keys reach into the base train config)."""
+    if isinstance(source, Mapping):
+        raw, base_dir = dict(source), Path.cwd()
+    else:
+        raw, base_dir = read_yaml(source), Path(source).resolve().parent
+    raw = _merge_overrides(raw, overrides)
+    unknown = [k for k in raw if k not in _STUDY_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], _STUDY_KEYS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(_STUDY_KEYS)}"
+        raise ConfigError(f"unknown study setting {unknown[0]!r}{hint}")
+    train_raw = raw.get("train") or {}
+    if isinstance(train_raw, (str, os.PathLike)):
+        path = Path(train_raw) if Path(train_raw).is_absolute() else base_dir / train_raw
+        train_raw = read_yaml(path)
+    train = from_dict(train_raw)
+    if "search_space" not in raw:
+        raise ConfigError("search_space is missing; add e.g. search_space: {lr0: {loguniform: [1.0e-4, 1.0e-1]}}")
+    name = str(raw.get("name", "study"))
+    if not _NAME.match(name):
+        raise ConfigError(f"name ({name!r}) must be 1-100 letters, digits, '_', '.' or '-'; it names folders "
+                          "and the MLflow experiment")
+    output_dir = Path(raw.get("output_dir") or Path("runs") / "detune" / name).expanduser().resolve()
+    study = StudyConfig(
+        train=train, search_space=parse_search_space(raw["search_space"], train), name=name,
+        output_dir=output_dir, search=raw.get("search", "random"), search_params=dict(raw.get("search_params") or {}),
+        trial_scheduler=raw.get("trial_scheduler", "asha"),
+        trial_scheduler_params=dict(raw.get("trial_scheduler_params") or {}),
+        num_samples=raw.get("num_samples", 8), max_concurrent_trials=raw.get("max_concurrent_trials"),
+        metric=raw.get("metric", "metrics/mAP50-95"), mode=raw.get("mode", "max"),
+        resources_per_trial={"cpu": 1, "gpu": 0, **(raw.get("resources_per_trial") or {})},
+        time_budget_s=raw.get("time_budget_s"),
+        storage_path=Path(raw.get("storage_path") or output_dir / "ray").expanduser().resolve(),
+        tracking=raw.get("tracking", True), seed=raw.get("seed", 0),
+    )
+    _validate(study)
+    return study
+
+
+def _merge_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(raw)
+    for key, value in overrides.items():
+        if key.startswith("train."):
+            train = out.get("train") or {}
+            if not isinstance(train, Mapping):
+                train = read_yaml(train)
+            out["train"] = {**train, key[len("train."):]: value}
+        else:
+            out[key] = value
+    return out
+
+
+def _validate(s: StudyConfig) -> None:
+    def choice(field: str, value: Any, valid: tuple[str, ...]) -> None:
+        if value not in valid:
+            close = difflib.get_close_matches(str(value), valid, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{field} ({value!r}) must be one of {', '.join(valid)}{hint}")
+
+    choice("search", s.search, SEARCHES)
+    choice("trial_scheduler", s.trial_scheduler, TRIAL_SCHEDULERS)
+    choice("mode", s.mode, MODES)
+    if not isinstance(s.num_samples, int) or isinstance(s.num_samples, bool) or s.num_samples < 1:
+        raise ConfigError(f"num_samples ({s.num_samples!r}) must be an integer >= 1; e.g. num_samples: 8")
+    if s.max_concurrent_trials is not None and (not isinstance(s.max_concurrent_trials, int)
+                                                or s.max_concurrent_trials < 1):
+        raise ConfigError(f"max_concurrent_trials ({s.max_concurrent_trials!r}) must be an integer >= 1 or null")
+    for key, value in s.resources_per_trial.items():
+        if key not in ("cpu", "gpu"):
+            raise ConfigError(f"resources_per_trial.{key} is unknown; use cpu and gpu (fractions allowed for gpu)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"resources_per_trial.{key} ({value!r}) must be a number >= 0")
+    if s.resources_per_trial["cpu"] <= 0 and s.resources_per_trial["gpu"] <= 0:
+        raise ConfigError("resources_per_trial needs cpu > 0 or gpu > 0")
+    if s.resources_per_trial["gpu"] > 1:
+        raise ConfigError(f"resources_per_trial.gpu ({s.resources_per_trial['gpu']}) must be at most 1: each trial "
+                          "trains on one GPU (no DDP inside a trial); use fractions such as 0.5 to pack trials")
+    if s.time_budget_s is not None and (not isinstance(s.time_budget_s, (int, float)) or s.time_budget_s <= 0):
+        raise ConfigError(f"time_budget_s ({s.time_budget_s!r}) must be a number of seconds > 0 or null")
+    if s.search == "grid" and any(d.kind != "grid" for d in s.search_space.values()):
+        bad = next(k for k, d in s.search_space.items() if d.kind != "grid")
+        raise ConfigError(f"search: grid needs every search_space entry to be {{grid: [...]}}; {bad} is "
+                          f"{s.search_space[bad].kind}; use search: random or make it a grid")
+    if s.trial_scheduler == "pbt" and s.search not in ("random", "grid"):
+        raise ConfigError(f"trial_scheduler: pbt mutates trials itself and cannot be combined with search: "
+                          f"{s.search}; use search: random")
+    if s.trial_scheduler == "pbt" and any(d.kind == "lr_finder" for d in s.search_space.values()):
+        raise ConfigError("trial_scheduler: pbt cannot mutate an lr_finder range; use loguniform for lr0")
+    if s.resources_per_trial["gpu"] == 0 and s.train.device not in ("cpu", "auto"):
+        raise ConfigError(f"train.device ({s.train.device!r}) asks for a GPU but resources_per_trial.gpu is 0; "
+                          "set resources_per_trial: {gpu: 1} (Ray assigns the GPU to each trial)")

@@ -1,0 +1,346 @@
+"""Ray Tune studies: the only module that imports Ray.
+
+Each trial trains through ``detune.training.run`` (the same adapter as ``detune.train``), validates and
+reports every epoch with a checkpoint (last.pt + detune's step counter), so ASHA/HyperBand stop on real
+per-epoch metrics, PBT's exploit restores the donor's weights and optimizer state, and a resumed study
+continues unfinished trials from their last epoch. Trials log their own nested MLflow child runs (one
+writer per run, few writes per epoch); the driver creates the store and the parent run first and closes
+the children of trials the scheduler stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from detune import _runtime
+from detune.config import from_dict
+from detune.errors import TuneError
+from detune.search_space import Dim
+from detune.study import StudyConfig, load_study
+from detune.study_files import StudyResult, summarize
+
+STUDY_STATE = "study.json"
+
+
+def _domain(dim: Dim, lr_suggestion: float | None = None) -> Any:
+    from ray import tune
+
+    a = dim.args
+    if dim.kind == "loguniform":
+        return tune.loguniform(a[0], a[1])
+    if dim.kind == "uniform":
+        return tune.uniform(a[0], a[1])
+    if dim.kind == "quniform":
+        return tune.quniform(a[0], a[1], a[2])
+    if dim.kind == "randint":
+        return tune.randint(a[0], a[1])
+    if dim.kind == "choice":
+        return tune.choice(list(a))
+    if dim.kind == "grid":
+        return tune.grid_search(list(a))
+    if dim.kind == "lr_finder":
+        if lr_suggestion is None:
+            raise TuneError("search_space.lr0 uses lr_finder but no LR finder suggestion is available")
+        low, high = a[0]["span"]
+        return tune.loguniform(lr_suggestion * low, lr_suggestion * high)
+    raise TuneError(f"unsupported distribution {dim.kind!r}")
+
+
+def _search_alg(study: StudyConfig, space: dict[str, Any]) -> Any:
+    from ray.tune.search import BasicVariantGenerator
+
+    if study.search in ("random", "grid"):
+        return BasicVariantGenerator(random_state=study.seed, **study.search_params)
+    if study.search == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        params = dict(study.search_params)
+        sampler = optuna.samplers.TPESampler(seed=study.seed, **params.pop("sampler", {}))
+        return OptunaSearch(sampler=sampler, **params)
+    if study.search == "hyperopt":
+        _require("hyperopt", "search: hyperopt", "pip install hyperopt")
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        return HyperOptSearch(random_state_seed=study.seed, **study.search_params)
+    _require("hpbandster", "search: bohb", "pip install hpbandster ConfigSpace")
+    _require("ConfigSpace", "search: bohb", "pip install hpbandster ConfigSpace")
+    from ray.tune.search.bohb import TuneBOHB
+
+    return TuneBOHB(seed=study.seed, **study.search_params)
+
+
+def _require(module: str, what: str, fix: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise TuneError(f"{what} needs the {module} package, which is not installed; {fix}")
+
+
+def _scheduler(study: StudyConfig) -> Any:
+    from ray.tune import schedulers
+
+    params = dict(study.trial_scheduler_params)
+    # max_t one past the last epoch: ASHA/HyperBand kill a trial the moment it reaches max_t, before it
+    # finishes its MLflow run; the last rung is still below the final epoch.
+    max_t = study.train.epochs + 1
+    try:
+        if study.search == "bohb":
+            return schedulers.HyperBandForBOHB(time_attr="training_iteration", max_t=max_t, **params)
+        if study.trial_scheduler == "fifo":
+            return schedulers.FIFOScheduler(**params)
+        if study.trial_scheduler == "asha":
+            params = {"grace_period": 1, "reduction_factor": 2, **params}
+            return schedulers.ASHAScheduler(time_attr="training_iteration", max_t=max_t, **params)
+        if study.trial_scheduler == "hyperband":
+            return schedulers.HyperBandScheduler(time_attr="training_iteration", max_t=max_t, **params)
+        if study.trial_scheduler == "median":
+            params = {"grace_period": 1, "min_samples_required": 2, **params}
+            return schedulers.MedianStoppingRule(time_attr="training_iteration", **params)
+        mutations = {k: (list(d.args) if d.kind in ("choice", "grid") else _domain(d))
+                     for k, d in study.search_space.items()}
+        params = {"perturbation_interval": 1, **params}
+        return schedulers.PopulationBasedTraining(time_attr="training_iteration", hyperparam_mutations=mutations,
+                                                  **params)
+    except TypeError as e:  # an unknown key in trial_scheduler_params
+        raise TuneError(f"trial_scheduler_params ({study.trial_scheduler_params!r}) are invalid for "
+                        f"{study.trial_scheduler}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inside a trial (a Ray worker process)
+# ---------------------------------------------------------------------------------------------------------
+def trial_device(gpu: float) -> str:
+    """The Ultralytics device of a trial: Ray sets CUDA_VISIBLE_DEVICES to the GPU it assigned, so the
+    trial's GPU is always index 0 inside the worker; no GPU assigned means CPU."""
+    import ray
+
+    return "0" if gpu > 0 and ray.get_gpu_ids() else "cpu"
+
+
+class _Reporter:
+    """Adapter observer that reports each epoch to Ray with a checkpoint of last.pt."""
+
+    def __init__(self, extra: Mapping[str, Any]) -> None:
+        self.extra = dict(extra)
+
+    def on_epoch(self, record: dict[str, float], weights_dir: Path) -> None:
+        from ray import tune
+
+        with tempfile.TemporaryDirectory(prefix="detune-ckpt-") as tmp:
+            for name in ("last.pt", "detune_state.json"):
+                if (weights_dir / name).is_file():
+                    shutil.copy2(weights_dir / name, Path(tmp) / name)
+            tune.report({**record, **self.extra}, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
+    import ray
+    from ray import tune
+
+    from detune import training
+    from detune.search_space import apply_params
+
+    _runtime.prepare()
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    train = apply_params(payload["train"], params)
+    train.update(project=payload["trials_dir"], name=trial_id, exist_ok=True, device=trial_device(payload["gpu"]),
+                 threads=max(1, int(payload["cpu"])))
+    cfg = from_dict(train)
+    resume_from, restored_from = None, None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        local = Path(payload["trials_dir"]) / trial_id / "restore"
+        shutil.rmtree(local, ignore_errors=True)
+        local.mkdir(parents=True)
+        with checkpoint.as_directory() as d:
+            shutil.copytree(d, local, dirs_exist_ok=True)
+        resume_from = local / "last.pt"
+        state = local / "detune_state.json"
+        restored_from = json.loads(state.read_text()).get("trial_id") if state.is_file() else None
+    tracking = None
+    if payload["tracking"] is not None:
+        from dataclasses import replace
+
+        from detune import tracking as tr
+
+        base = payload["tracking"]
+        run_id = tr.find_trial_run(base, parent_run_id=payload["parent_run_id"], trial_id=trial_id)
+        tracking = replace(base, parent_run_id=payload["parent_run_id"], run_id=run_id, run_name=trial_id,
+                           tags={**base.tags, "detune.trial_id": trial_id, "detune.study": payload["name"]})
+    extra = {"detune_trial_id": trial_id, "detune_device": cfg.device, "detune_gpu_ids": ",".join(
+        str(g) for g in ray.get_gpu_ids()), "detune_node": ray.get_runtime_context().get_node_id(),
+             "detune_restored_from": restored_from or "", "detune_status": "running"}
+    result = training.run(cfg, observers=[_Reporter(extra), _TrialState(trial_id)], resume_from=resume_from,
+                          tracking=tracking, fit=payload.get("fit"))
+    if result.status == "diverged":
+        worst = -math.inf if payload["mode"] == "max" else math.inf
+        last = result.history[-1] if result.history else {}
+        tune.report({**last, payload["metric"]: worst, **extra, "detune_status": "diverged",
+                     "detune_reason": result.reason or ""})
+    elif result.status == "failed":
+        raise TuneError(f"trial {trial_id} failed: {result.reason}")
+
+
+class _TrialState:
+    """Stamps the trial id into the checkpoint state, so a PBT exploit can be traced to its donor."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+    def on_epoch(self, record: dict[str, float], weights_dir: Path) -> None:
+        path = weights_dir / "detune_state.json"
+        if path.is_file():
+            state = json.loads(path.read_text())
+            path.write_text(json.dumps({**state, "trial_id": self.trial_id}))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------------------------------------
+def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *, resume: bool = False,
+         address: str | None = None, fit: Any = None, **overrides: Any) -> StudyResult:
+    """Run (or resume) a Ray Tune study over YOLO learning-rate settings.
+
+    Args:
+        config: a study YAML path, mapping or ``StudyConfig``; ``overrides`` win (``num_samples=4``,
+            ``train.epochs=3``).
+        resume: continue the interrupted study in ``storage_path`` (finished trials are not rerun).
+        address: an existing Ray cluster (``auto`` or ``ray://host:10001``); default: a local Ray.
+
+    Returns a ``StudyResult``; ``best.yaml`` and ``trials.csv`` are written to ``output_dir``.
+    Raises ``ConfigError`` for a bad study (before Ray starts) and ``TuneError`` when it cannot run.
+    """
+    study = config if isinstance(config, StudyConfig) else load_study(config, **overrides)
+    _runtime.prepare()
+    from detune import tracking as tr
+
+    study.output_dir.mkdir(parents=True, exist_ok=True)
+    state_file = study.output_dir / STUDY_STATE
+    state = json.loads(state_file.read_text()) if resume and state_file.is_file() else {}
+    tcfg = tr.resolve_tracking(study.tracking, default_experiment=study.name)
+    parent_run_id = state.get("parent_run_id")
+    if tcfg is not None:
+        tr.check_reachable(tcfg)
+        tr.prepare_store(tcfg)  # before parallel trial writers: see the sqlite race in STACK-NOTES
+        if parent_run_id is None:
+            parent_run_id = tr.start_study_run(tcfg, name=study.name, params=_study_params(study))
+    _atomic_json(state_file, {"parent_run_id": parent_run_id, "name": study.name})
+    payload = {
+        "train": study.train.to_dict(), "trials_dir": str(study.output_dir / "trials"), "name": study.name,
+        "gpu": study.resources_per_trial["gpu"], "cpu": study.resources_per_trial["cpu"], "metric": study.metric,
+        "mode": study.mode, "tracking": tcfg, "parent_run_id": parent_run_id, "fit": fit,
+    }
+    grid = _run_ray(study, payload, resume=resume, address=address)
+    result = summarize(study, grid, parent_run_id=parent_run_id)
+    if tcfg is not None:
+        tr.finish_run(tcfg, parent_run_id, status="FINISHED", metrics=_best_metrics(study, result),
+                      params={"best." + k: v for k, v in result.best_params.items()},
+                      artifacts=[p for p in (result.best_yaml, result.trials_csv) if p is not None])
+    return result
+
+
+def _best_metrics(study: StudyConfig, result: StudyResult) -> dict[str, float]:
+    out = {f"best/{k}": v for k, v in result.best_metrics.items() if isinstance(v, (int, float))}
+    out["trials/total"] = len(result.trials)
+    for status in ("completed", "stopped", "diverged", "failed"):
+        out[f"trials/{status}"] = sum(t["status"] == status for t in result.trials)
+    out["trial_epochs"] = sum(int(t["epochs_run"]) for t in result.trials)
+    return out
+
+
+def _study_params(study: StudyConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {f"search_space.{k}": json.dumps(d.to_yaml()) for k, d in study.search_space.items()}
+    out.update(search=study.search, trial_scheduler=study.trial_scheduler, num_samples=study.num_samples,
+               metric=study.metric, mode=study.mode, max_concurrent_trials=study.max_concurrent_trials,
+               resources_per_trial=json.dumps(study.resources_per_trial), seed=study.seed)
+    out.update({f"search_params.{k}": v for k, v in study.search_params.items()})
+    out.update({f"trial_scheduler_params.{k}": v for k, v in study.trial_scheduler_params.items()})
+    out.update({f"train.{k}": v for k, v in study.train.to_dict().items() if k != "tracking"})
+    return out
+
+
+def _run_ray(study: StudyConfig, payload: dict[str, Any], *, resume: bool, address: str | None) -> Any:
+    import ray
+    from ray import tune
+
+    started = False
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=study.train.verbose,
+                     logging_level="ERROR", configure_logging=True)
+        except Exception as e:  # noqa: BLE001 - connection errors come in many types
+            raise TuneError(f"could not start or join Ray (address={address!r}): {e}; check the address, or "
+                            "omit --address for a local Ray") from e
+        started = True
+    try:
+        trainable = tune.with_resources(tune.with_parameters(_trainable, payload=payload),
+                                        {"cpu": study.resources_per_trial["cpu"],
+                                         "gpu": study.resources_per_trial["gpu"]})
+        experiment = study.storage_path / study.name
+        if resume:
+            if not tune.Tuner.can_restore(str(experiment)):
+                raise TuneError(f"nothing to resume in {experiment}; run the study without --resume first")
+            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+        else:
+            if experiment.exists():
+                raise TuneError(f"study {study.name!r} already exists in {experiment}; pass --resume to continue "
+                                "it, or choose another name / delete that folder")
+            tuner = _new_tuner(study, trainable)
+        return tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _new_tuner(study: StudyConfig, trainable: Any) -> Any:
+    from ray import tune
+
+    space = {k: _domain(d, _lr_suggestion(study, d)) for k, d in study.search_space.items()}
+    scheduler = _scheduler(study)
+    search_alg = None if study.trial_scheduler == "pbt" else _search_alg(study, space)
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, search_alg=search_alg,
+                                    scheduler=scheduler, num_samples=study.num_samples,
+                                    max_concurrent_trials=study.max_concurrent_trials,
+                                    time_budget_s=study.time_budget_s),
+        run_config=tune.RunConfig(name=study.name, storage_path=str(study.storage_path), verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  callbacks=[_ChildCloser()]),
+    )
+
+
+def _lr_suggestion(study: StudyConfig, dim: Dim) -> float | None:
+    if dim.kind != "lr_finder":
+        return None
+    from detune.lr_finder import suggest_for_study
+
+    return suggest_for_study(study)
+
+
+class _ChildCloser:
+    """Driver-side Ray callback: a trial the scheduler stopped is killed mid-epoch, so its MLflow child
+    run is closed here (FINISHED, tag detune.status=stopped)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("on_") or name in ("setup",):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+
+def _atomic_json(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
