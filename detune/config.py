@@ -291,13 +291,13 @@ def _validate_choices(cfg: TrainConfig) -> None:
 
 
 def _validate_schedule(cfg: TrainConfig) -> None:
-    from detune.schedules import create_schedule
+    from detune.schedules import build_schedule
 
     if not isinstance(cfg.scheduler_params, Mapping):
         _fail("scheduler_params", cfg.scheduler_params, "must be a mapping", "use e.g. scheduler_params: {gamma: 0.5}")
     # Build once with one step per epoch: raises ConfigError naming any unknown or invalid param.
-    create_schedule(cfg.schedule_name, base_lr=cfg.lr0, total_steps=float(cfg.epochs), steps_per_epoch=1.0,
-                    **schedule_kwargs(cfg))
+    build_schedule(cfg.schedule_name, schedule_kwargs(cfg), base_lr=cfg.lr0, total_steps=float(cfg.epochs),
+                   steps_per_epoch=1.0)
 
 
 def schedule_kwargs(cfg: TrainConfig) -> dict[str, Any]:

@@ -235,7 +235,7 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
             parent_run_id = tr.start_study_run(tcfg, name=study.name, params=_study_params(study))
     _atomic_json(state_file, {"parent_run_id": parent_run_id, "name": study.name})
     payload = {
-        "train": study.train.to_dict(), "trials_dir": str(study.output_dir / "trials"), "name": study.name,
+        "train": _absolute_paths(study.train.to_dict()), "trials_dir": str(study.output_dir / "trials"), "name": study.name,
         "gpu": study.resources_per_trial["gpu"], "cpu": study.resources_per_trial["cpu"], "metric": study.metric,
         "mode": study.mode, "tracking": tcfg, "parent_run_id": parent_run_id, "fit": fit,
     }
@@ -246,6 +246,20 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
                       params={"best." + k: v for k, v in result.best_params.items()},
                       artifacts=[p for p in (result.best_yaml, result.trials_csv) if p is not None])
     return result
+
+
+def _absolute_paths(train: dict[str, Any]) -> dict[str, Any]:
+    """Trials run in their own working directories: resolve data (generating "shapes" once, here, not in
+    racing trials), check it before Ray starts, and make a local model file path absolute."""
+    from detune.datasets import check_dataset
+    from detune.training import resolve_data
+
+    data = resolve_data(train["data"])
+    check_dataset(data)
+    out = {**train, "data": str(data)}
+    if Path(train["model"]).is_file():
+        out["model"] = str(Path(train["model"]).resolve())
+    return out
 
 
 def _best_metrics(study: StudyConfig, result: StudyResult) -> dict[str, float]:

@@ -1,0 +1,35 @@
+"""Pure LR schedules, warmup and the per-step plan the trainer adapter applies (no torch, no matplotlib)."""
+
+from __future__ import annotations
+
+from detune.schedules._base import ParamSpec, Schedule
+from detune.schedules._plan import INTERVALS, Interval, LRPlan, build_plan
+from detune.schedules._plot import key_points, plot
+from detune.schedules._registry import (
+    ScheduleInfo,
+    build_schedule,
+    create_schedule,
+    get_schedule_info,
+    list_schedules,
+    schedule_params,
+)
+from detune.schedules._warmup import LinearWarmup, WarmupSchedule
+
+__all__ = [
+    "INTERVALS",
+    "Interval",
+    "LRPlan",
+    "LinearWarmup",
+    "ParamSpec",
+    "Schedule",
+    "ScheduleInfo",
+    "WarmupSchedule",
+    "build_plan",
+    "build_schedule",
+    "create_schedule",
+    "get_schedule_info",
+    "key_points",
+    "list_schedules",
+    "plot",
+    "schedule_params",
+]

@@ -1,0 +1,126 @@
+"""A picture and a short table of an ``LRPlan``: lr per param group and momentum at every optimizer step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from detune.schedules._base import BOUNDARY_TOL
+from detune.schedules._plan import LRPlan
+
+# Ultralytics' build_optimizer order (engine/trainer.py): pg0 weights with decay, pg1 norm weights,
+# pg2 biases.
+DEFAULT_GROUPS: tuple[tuple[str, bool, float], ...] = (
+    ("pg0 weights", False, 1.0),
+    ("pg1 norm", False, 1.0),
+    ("pg2 bias", True, 1.0),
+)
+_MAX_POINTS = 20_000  # longer trainings are drawn from every n-th step plus every key point
+_MAX_EPOCH_LINES = 60
+
+
+def _first_step_of_epoch(plan: LRPlan, epoch: int) -> int:
+    """Smallest optimizer step taken in ``epoch`` by step count (``plan.epoch_of``)."""
+    return math.ceil(epoch * plan.steps_per_epoch - BOUNDARY_TOL * max(1.0, epoch * plan.steps_per_epoch))
+
+
+def _key_steps(plan: LRPlan) -> list[int]:
+    last = plan.num_steps - 1
+    steps = {0, last}
+    if 0 < plan.warmup_steps < last:
+        steps.add(plan.warmup_steps)
+    steps.update(s for e in range(1, plan.epochs) if (s := _first_step_of_epoch(plan, e)) < last)
+    return sorted(steps)
+
+
+def key_points(plan: LRPlan) -> list[tuple[int, float]]:
+    """``(step, lr)`` of a weight group at the start, the end of warmup, each epoch's first step and the end.
+
+    Example:
+        >>> from detune.schedules import build_plan
+        >>> plan = build_plan(scheduler="step", scheduler_params={"step_size": 1, "gamma": 0.5}, lr0=0.01,
+        ...                   epochs=3, steps_per_epoch=10)
+        >>> key_points(plan)
+        [(0, 0.01), (10, 0.005), (20, 0.0025), (29, 0.0025)]
+    """
+    return [(step, plan.lr(step, plan.epoch_of(step))) for step in _key_steps(plan)]
+
+
+def plot(
+    plan: LRPlan,
+    path: str | Path,
+    *,
+    groups: Sequence[tuple[str, bool, float]] = DEFAULT_GROUPS,
+    title: str | None = None,
+    log_y: bool = False,
+    dpi: int = 120,
+) -> Path:
+    """Draw the lr of each param group and the momentum at every optimizer step to a PNG.
+
+    Args:
+        plan: The plan to draw (a plateau plan is drawn as of its current state).
+        path: Output file (PNG); missing parent folders are created.
+        groups: ``(label, is_bias_group, lr_mult)`` per line; defaults to Ultralytics' three SGD groups.
+        title: Figure title; defaults to a summary of the plan.
+        log_y: Logarithmic lr axis (useful for step, exponential and onecycle).
+        dpi: Resolution of the PNG.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        ImportError: matplotlib is not installed (``pip install matplotlib``).
+    """
+    try:
+        from matplotlib.figure import Figure  # optional; Figure needs no pyplot and no global backend
+    except ImportError as exc:
+        raise ImportError("detune.schedules.plot needs matplotlib: pip install matplotlib") from exc
+
+    last = plan.num_steps - 1
+    stride = max(1, math.ceil(plan.num_steps / _MAX_POINTS))
+    steps = sorted(set(range(0, plan.num_steps, stride)) | set(_key_steps(plan)) | {last})
+    epochs = [plan.epoch_of(k) for k in steps]
+
+    fig = Figure(figsize=(9.0, 5.5), layout="constrained")
+    ax_lr, ax_mom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    styles = ("-", "--", ":", "-.")
+    for i, (label, bias, mult) in enumerate(groups):
+        lrs = [plan.lr(k, e, bias=bias, mult=mult) for k, e in zip(steps, epochs, strict=True)]
+        ax_lr.plot(steps, lrs, drawstyle="steps-post", linestyle=styles[i % len(styles)], lw=1.6, label=label)
+    ax_mom.plot(steps, [plan.momentum_at(k) for k in steps], drawstyle="steps-post", color="C3", lw=1.4)
+
+    every = max(1, math.ceil(plan.epochs / _MAX_EPOCH_LINES))
+    for epoch in range(every, plan.epochs, every):
+        for ax in (ax_lr, ax_mom):
+            ax.axvline(_first_step_of_epoch(plan, epoch), color="0.85", lw=0.7, zorder=0)
+    if plan.warmup_steps > 0:
+        for ax in (ax_lr, ax_mom):
+            ax.axvspan(0, plan.warmup_steps, color="C1", alpha=0.08, lw=0, zorder=0)
+        ax_lr.plot([], [], color="C1", alpha=0.3, lw=6, label=f"warmup ({plan.warmup_steps} steps)")
+
+    spe = plan.steps_per_epoch
+    top = ax_lr.secondary_xaxis("top", functions=(lambda s: s / spe, lambda e: e * spe))
+    top.set_xlabel("epoch")
+    if log_y:
+        ax_lr.set_yscale("log")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.grid(True, axis="y", color="0.92")
+    ax_lr.legend(loc="best", fontsize="small")
+    ax_mom.set_ylabel("momentum")
+    ax_mom.set_xlabel("optimizer step")
+    ax_mom.set_xlim(0, max(last, 1))
+    fig.suptitle(title or _summary(plan), fontsize="medium")
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    return out
+
+
+def _summary(plan: LRPlan) -> str:
+    kind = type(plan.schedule).__name__.removesuffix("Schedule")
+    return (
+        f"{kind} schedule, interval={plan.interval}, {plan.epochs} epochs x {plan.steps_per_epoch:g} steps, "
+        f"warmup {plan.warmup_steps} steps"
+    )
