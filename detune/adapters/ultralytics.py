@@ -92,6 +92,7 @@ class _Control:
         self.smoothed: float | None = None
         self.min_smoothed = math.inf
         self.batches = 0
+        self.mults: list[float] = []  # per param group lr factor, fixed when the optimizer is built
 
     def call(self, name: str, *args: Any) -> None:
         fn = getattr(self.observer, name, None)
@@ -129,9 +130,8 @@ class _Control:
         epoch, step = trainer.epoch, self.step
         momentum = self.plan.momentum_at(step)
         lrs = []
-        for group in trainer.optimizer.param_groups:
-            group["lr"] = self.plan.lr(step, epoch, bias=group.get("param_group") == "bias",
-                                       mult=group.get("detune_mult", 1.0))
+        for group, mult in zip(trainer.optimizer.param_groups, self.mults):
+            group["lr"] = self.plan.lr(step, epoch, bias=group.get("param_group") == "bias", mult=mult)
             if "momentum" in group:  # Adam-family groups have betas; Ultralytics' warmup skips them too
                 group["momentum"] = momentum
             lrs.append(group["lr"])
@@ -152,11 +152,9 @@ class _Control:
             return
         value = float(trainer.loss.detach().sum()) / max(trainer.batch_size, 1)
         self.batches += 1
-        beta = 0.9  # bias-corrected EMA, as in Smith's LR range test
+        beta = 0.9  # EMA of the batch loss, as in Smith's LR range test
         self.smoothed = value if self.smoothed is None else beta * self.smoothed + (1 - beta) * value
-        if self.step <= max(self.plan.warmup_steps, 1) or self.batches < 5:
-            return
-        if self.smoothed > factor * self.min_smoothed:
+        if self.smoothed > factor * self.min_smoothed and self.step > self.plan.warmup_steps:
             raise Diverged(f"smoothed loss {self.smoothed:.4g} exceeded {factor:g} x its minimum "
                            f"{self.min_smoothed:.4g} at epoch {trainer.epoch + 1}, step {self.step}")
         self.min_smoothed = min(self.min_smoothed, self.smoothed)
@@ -203,6 +201,10 @@ def _trainer_class(ctl: _Control) -> type:
             optimizer = super().build_optimizer(*args, **kwargs)
             if ctl.cfg.lr_mult:
                 _split_groups(optimizer, self.model, ctl.cfg.lr_mult)
+            # Ultralytics' own per-group factors (MuSGD's x3 head groups) times detune's lr_mult; kept here,
+            # not in the groups, because resuming loads the donor's group settings over them.
+            lr0 = yolo_lr0(ctl.cfg)
+            ctl.mults = [g.get("detune_mult", 1.0) * g["lr"] / lr0 for g in optimizer.param_groups]
             return optimizer
 
         def optimizer_step(self) -> None:
@@ -243,6 +245,12 @@ def _split_groups(optimizer: Any, model: Any, lr_mult: dict[str, float]) -> None
             optimizer.add_param_group({**new, "params": moved, "detune_mult": float(mult), "detune_part": part})
 
 
+def yolo_lr0(cfg: TrainConfig) -> float:
+    """The lr0 handed to Ultralytics, which rejects values above 1; detune sets the real lr every step
+    (relative to this value), so lr range tests and divergence tests may go higher."""
+    return min(cfg.effective_lr0, 1.0)
+
+
 def yolo_overrides(cfg: TrainConfig, data_yaml: Path) -> dict[str, Any]:
     """detune config -> ``YOLO.train`` keyword arguments, with Ultralytics' own LR shaping switched off."""
     return {
@@ -250,9 +258,9 @@ def yolo_overrides(cfg: TrainConfig, data_yaml: Path) -> dict[str, Any]:
         "data": str(data_yaml), "epochs": cfg.epochs, "batch": cfg.batch, "imgsz": cfg.imgsz,
         "device": resolve_device(cfg.device), "seed": cfg.seed, "project": str(Path(cfg.project).resolve()),
         "name": cfg.name, "optimizer": "RMSprop" if cfg.optimizer == "RMSProp" else cfg.optimizer,
-        "lr0": cfg.effective_lr0, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "nbs": cfg.nbs,
+        "lr0": yolo_lr0(cfg), "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "nbs": cfg.nbs,
         "warmup_epochs": 0.0,  # detune's warmup wrapper replaces Ultralytics' inline warmup
-        "warmup_bias_lr": cfg.warmup_bias_lr, "warmup_momentum": cfg.warmup_momentum,
+        "warmup_bias_lr": min(cfg.warmup_bias_lr, 1.0), "warmup_momentum": cfg.warmup_momentum,
         "lrf": cfg.lrf, "cos_lr": cfg.cos_lr, "val": True, "verbose": cfg.verbose,
         "exist_ok": cfg.extra.get("exist_ok", False),
     }
