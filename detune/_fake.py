@@ -1,6 +1,7 @@
 """A fake trainer with the adapter's ``fit`` signature: fast, deterministic curves for tests of tuning.
 
-Metrics follow a formula peaked at lr0 = 0.01 (log scale) that grows with epochs; lr0 >= 1 diverges.
+Metrics follow a formula peaked at lr0 = 0.01 (log scale) that grows with epochs; lr0 >= 1 diverges and
+0.5 <= lr0 < 1 crashes in its second epoch (a simulated out-of-memory error).
 It writes ``last.pt`` (a small JSON stand-in) and ``detune_state.json`` like the real adapter, so
 checkpoints, resume and PBT exploits go through the same code paths.
 """
@@ -40,6 +41,8 @@ def fit(cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from:
     history, steps = [], []
     for epoch in range(start, cfg.epochs):
         time.sleep(0.05)
+        if 0.5 <= cfg.lr0 < 1.0 and epoch == 1:
+            raise RuntimeError("CUDA out of memory (simulated by the fake trainer)")
         if cfg.lr0 >= 1.0:
             return RunOutcome("diverged", history, save_dir, {}, steps, info,
                               reason=f"loss is nan at epoch {epoch + 1}, step {epoch * STEPS_PER_EPOCH}")

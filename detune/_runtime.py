@@ -20,6 +20,7 @@ _ENV = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",  # else Ray warns and writes ~/.ray/auth_token
+    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 the new output engine still prints tables to stdout
     "DO_NOT_TRACK": "1",
     "HF_HUB_OFFLINE": "1",
     "TQDM_DISABLE": "1",

@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,7 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
     extra = {"detune_trial_id": trial_id, "detune_device": cfg.device, "detune_gpu_ids": ",".join(
         str(g) for g in ray.get_gpu_ids()), "detune_node": ray.get_runtime_context().get_node_id(),
              "detune_restored_from": restored_from or "", "detune_status": "running"}
-    result = training.run(cfg, observers=[_Reporter(extra), _TrialState(trial_id)], resume_from=resume_from,
+    result = training.run(cfg, observers=[_TrialState(trial_id), _Reporter(extra)], resume_from=resume_from,
                           tracking=tracking, fit=payload.get("fit"))
     if result.status == "diverged":
         worst = -math.inf if payload["mode"] == "max" else math.inf
@@ -309,14 +310,16 @@ def _run_ray(study: StudyConfig, payload: dict[str, Any], *, resume: bool, addre
             if experiment.exists():
                 raise TuneError(f"study {study.name!r} already exists in {experiment}; pass --resume to continue "
                                 "it, or choose another name / delete that folder")
-            tuner = _new_tuner(study, trainable)
-        return tuner.fit()
+            tuner = _new_tuner(study, trainable, payload["tracking"], payload["parent_run_id"])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*reuse_actors.*")  # function trainables cannot reset
+            return tuner.fit()
     finally:
         if started:
             ray.shutdown()
 
 
-def _new_tuner(study: StudyConfig, trainable: Any) -> Any:
+def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str | None) -> Any:
     from ray import tune
 
     space = {k: _domain(d, _lr_suggestion(study, d)) for k, d in study.search_space.items()}
@@ -330,9 +333,11 @@ def _new_tuner(study: StudyConfig, trainable: Any) -> Any:
                                     max_concurrent_trials=study.max_concurrent_trials,
                                     time_budget_s=study.time_budget_s),
         run_config=tune.RunConfig(name=study.name, storage_path=str(study.storage_path), verbose=0,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                  # PBT donors must keep their checkpoints until the exploit copies them
+                                  checkpoint_config=tune.CheckpointConfig(
+                                      num_to_keep=4 if study.trial_scheduler == "pbt" else 2),
                                   failure_config=tune.FailureConfig(max_failures=0),
-                                  callbacks=[_ChildCloser()]),
+                                  callbacks=[_child_closer(tcfg, parent_run_id)]),
     )
 
 
@@ -344,14 +349,20 @@ def _lr_suggestion(study: StudyConfig, dim: Dim) -> float | None:
     return suggest_for_study(study)
 
 
-class _ChildCloser:
+def _child_closer(tcfg: Any, parent_run_id: str | None) -> Any:
     """Driver-side Ray callback: a trial the scheduler stopped is killed mid-epoch, so its MLflow child
-    run is closed here (FINISHED, tag detune.status=stopped)."""
+    run is closed here (FINISHED, tag detune.status=stopped); runs the trial closed itself are left alone."""
+    from ray import tune
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("on_") or name in ("setup",):
-            return lambda *a, **k: None
-        raise AttributeError(name)
+    class ChildCloser(tune.Callback):  # type: ignore[misc]
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            if tcfg is None or parent_run_id is None:
+                return
+            from detune import tracking as tr
+
+            tr.close_stopped_trial(tcfg, parent_run_id=parent_run_id, trial_id=trial.trial_id)
+
+    return ChildCloser()
 
 
 def _atomic_json(path: Path, data: Mapping[str, Any]) -> None:

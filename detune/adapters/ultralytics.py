@@ -48,6 +48,18 @@ class Diverged(Exception):
     """Raised inside the training loop to stop it at once (no Ultralytics reload-last.pt loop)."""
 
 
+class ProbeDone(Exception):
+    """Raised by a probe (the LR range test) to end its throw-away run."""
+
+
+class Probe(Protocol):
+    """Takes over the lr for an LR range test: ``lr(step)`` for every param group, ``on_loss`` after each
+    batch returns True to stop. The divergence guard is off; no epoch is validated."""
+
+    def lr(self, step: int) -> float: ...
+    def on_loss(self, step: int, loss: float) -> bool: ...
+
+
 def metric_name(key: str) -> str:
     """Ultralytics key to an MLflow-safe canonical key: ``metrics/mAP50-95(B)`` -> ``metrics/mAP50-95``."""
     return key.replace("(B)", "").replace("(", "_").replace(")", "")
@@ -75,8 +87,9 @@ def cpu_threads(cfg: TrainConfig) -> int:
 class _Control:
     """Per-run state shared by the trainer subclass and the callbacks."""
 
-    def __init__(self, cfg: TrainConfig, observer: Any, resume_from: Path | None) -> None:
+    def __init__(self, cfg: TrainConfig, observer: Any, resume_from: Path | None, probe: Probe | None = None) -> None:
         self.cfg = cfg
+        self.probe = probe
         self.resume_from = resume_from
         resume_state = None
         if resume_from is not None and (resume_from.parent / STATE_FILE).exists():
@@ -131,7 +144,11 @@ class _Control:
         momentum = self.plan.momentum_at(step)
         lrs = []
         for group, mult in zip(trainer.optimizer.param_groups, self.mults):
-            group["lr"] = self.plan.lr(step, epoch, bias=group.get("param_group") == "bias", mult=mult)
+            if self.probe is not None:
+                group["lr"] = self.probe.lr(step) * mult
+                momentum = self.cfg.momentum
+            else:
+                group["lr"] = self.plan.lr(step, epoch, bias=group.get("param_group") == "bias", mult=mult)
             if "momentum" in group:  # Adam-family groups have betas; Ultralytics' warmup skips them too
                 group["momentum"] = momentum
             lrs.append(group["lr"])
@@ -146,6 +163,11 @@ class _Control:
             raise Diverged(f"loss is {float(loss.detach().sum())} at epoch {trainer.epoch + 1}, step {self.step}")
 
     def after_batch(self, trainer: Any) -> None:
+        if self.probe is not None:
+            loss = float(trainer.loss.detach().sum()) / max(trainer.batch_size, 1)
+            if self.probe.on_loss(self.step - 1, loss):
+                raise ProbeDone
+            return
         self.check_finite(trainer)
         factor = self.cfg.divergence_factor
         if not factor or trainer.loss is None:
@@ -266,17 +288,19 @@ def yolo_overrides(cfg: TrainConfig, data_yaml: Path) -> dict[str, Any]:
     }
 
 
-def fit(cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from: Path | None = None) -> RunOutcome:
+def fit(cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from: Path | None = None,
+        probe: Probe | None = None) -> RunOutcome:
     """Train ``cfg.model`` on ``data_yaml`` under detune's LR plan.
 
     Args:
         resume_from: a ``last.pt`` written by detune (with ``detune_state.json`` beside it) to continue from.
+        probe: an LR range test that sets the lr itself and ends the run (status ``stopped``).
 
     Returns a ``RunOutcome``; divergence and training errors are reported in it, never raised, so nothing
     already computed is lost. Setup errors (bad model file, unreadable data) raise ``AdapterError``.
     """
     _runtime.prepare(verbose=cfg.verbose)
-    ctl = _Control(cfg, observer, Path(resume_from) if resume_from else None)
+    ctl = _Control(cfg, observer, Path(resume_from) if resume_from else None, probe)
     try:
         from ultralytics import YOLO
 
@@ -293,6 +317,8 @@ def fit(cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from:
         model.train(trainer=trainer_cls, **yolo_overrides(cfg, data_yaml))
     except Diverged as e:
         status, reason = "diverged", str(e)
+    except ProbeDone:
+        status = "stopped"
     except Exception as e:  # noqa: BLE001 - any training failure becomes a failed outcome with its reason
         status, reason = "failed", f"{type(e).__name__}: {e}"
     trainer = model.trainer
