@@ -58,7 +58,7 @@ class TrainConfig:
     project: str = "runs/detune"
     name: str = "train"
     optimizer: str = "SGD"
-    lr0: float = 0.01
+    lr0: float | str = 0.01  # or "auto": the LR finder's suggestion, resolved by detune.train before training
     lrf: float = 0.01
     momentum: float = 0.937
     weight_decay: float = 0.0005
@@ -93,6 +93,8 @@ class TrainConfig:
     @property
     def effective_lr0(self) -> float:
         """lr0 after ``lr_scaling`` relative to Ultralytics' nominal batch of 64 (Goyal et al., 2017)."""
+        if self.lr0 == "auto":  # detune.train resolves it first (detune.lr_finder.resolve_auto_lr0)
+            raise ConfigError("lr0 is 'auto' and not resolved yet; detune.train runs the LR finder first")
         ratio = self.batch * self.accumulate / NOMINAL_BATCH
         return self.lr0 * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling]
 
@@ -226,9 +228,14 @@ def _number(cfg: TrainConfig, field: str, kind: type = float) -> float:
 def _validate(cfg: TrainConfig) -> None:
     for field in ("epochs", "batch", "imgsz", "seed", "nbs"):
         _number(cfg, field, int)
+    auto_lr0 = cfg.lr0 == "auto"  # the LR finder's suggestion, resolved by detune.train before use
+    if isinstance(cfg.lr0, str) and not auto_lr0:
+        _fail("lr0", cfg.lr0, "must be a number > 0 or exactly 'auto' (the LR finder's suggestion)",
+              "use e.g. lr0: 0.01, or lr0: auto")
     for field in ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
                   "divergence_factor"):
-        _number(cfg, field)
+        if not (field == "lr0" and auto_lr0):
+            _number(cfg, field)
     if cfg.epochs < 1:
         _fail("epochs", cfg.epochs, "must be >= 1", "train for at least one epoch")
     if cfg.batch < 1:
@@ -238,7 +245,7 @@ def _validate(cfg: TrainConfig) -> None:
         _fail("imgsz", cfg.imgsz, "must be >= 32 (the largest YOLO stride)", "set e.g. imgsz: 640")
     if cfg.nbs < 1:
         _fail("nbs", cfg.nbs, "must be >= 1", "set nbs to the batch size (one optimizer step per batch) or 64")
-    if cfg.lr0 <= 0:
+    if not auto_lr0 and cfg.lr0 <= 0:
         _fail("lr0", cfg.lr0, "must be > 0", "use a positive learning rate such as 0.01 (SGD) or 0.001 (Adam)")
     if not 0 < cfg.lrf <= 1:
         _fail("lrf", cfg.lrf, "must be in (0, 1] (final lr = lr0 * lrf)", "use e.g. lrf: 0.01")
@@ -295,9 +302,18 @@ def _validate_schedule(cfg: TrainConfig) -> None:
 
     if not isinstance(cfg.scheduler_params, Mapping):
         _fail("scheduler_params", cfg.scheduler_params, "must be a mapping", "use e.g. scheduler_params: {gamma: 0.5}")
-    # Build once with one step per epoch: raises ConfigError naming any unknown or invalid param.
-    build_schedule(cfg.schedule_name, schedule_kwargs(cfg), base_lr=cfg.lr0, total_steps=float(cfg.epochs),
-                   steps_per_epoch=1.0)
+    # Build once with one step per epoch: raises ConfigError naming any unknown or invalid param. With lr0
+    # "auto", params relative to the base lr (a min_lr below it, a max_lr above it) are checked for a low and
+    # a high placeholder here, and for real once the LR finder has resolved lr0 (cfg.replace(lr0=...)).
+    errors = []
+    for base_lr in (0.01, 1e-12, 1e12) if cfg.lr0 == "auto" else (cfg.lr0,):
+        try:
+            build_schedule(cfg.schedule_name, schedule_kwargs(cfg), base_lr=base_lr,
+                           total_steps=float(cfg.epochs), steps_per_epoch=1.0)
+            return
+        except ConfigError as e:
+            errors.append(e)
+    raise errors[0]
 
 
 def schedule_kwargs(cfg: TrainConfig) -> dict[str, Any]:

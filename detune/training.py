@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detune.config import TrainConfig, load_config, schedule_kwargs
 from detune.errors import AdapterError
+
+if TYPE_CHECKING:
+    from detune.tracking import TrackingConfig
 
 CANONICAL_KEYS = (
     "epoch", "train/box_loss", "train/cls_loss", "train/dfl_loss", "val/box_loss", "val/cls_loss", "val/dfl_loss",
@@ -100,14 +103,86 @@ def train(config: str | os.PathLike[str] | Mapping[str, Any] | TrainConfig | Non
         cfg = config.replace(**overrides) if overrides else config
     else:
         cfg = load_config(config, **overrides)
+    return run(cfg)
+
+
+class _Fanout:
+    """Forwards the adapter's events to several observers (tracking, Ray reporting, progress)."""
+
+    def __init__(self, observers: Sequence[Any]) -> None:
+        self.observers = [o for o in observers if o is not None]
+
+    def __getattr__(self, name: str) -> Any:
+        fns = [getattr(o, name) for o in self.observers if hasattr(o, name)]
+        return lambda *args: [fn(*args) for fn in fns] and None
+
+
+def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | None = None,
+        tracking: TrackingConfig | bool | None = None, fit: Any = None) -> TrainResult:
+    """Run one training from a validated config: the engine under ``detune.train`` and study trials.
+
+    ``observers`` receive the adapter's ``on_start``/``on_step``/``on_epoch`` events; ``resume_from`` is a
+    ``last.pt`` written by detune to continue from (weights, optimizer state, epoch and LR step).
+    ``tracking`` overrides ``cfg.tracking``: a ``TrackingConfig`` (study trials pass parent_run_id, run_id and
+    tags this way), False for no tracking, None to use ``cfg.tracking``. With tracking on, the MLflow run id
+    is ``result.run_id`` and the logging report (unlogged points, local copy) is ``result.info["tracking"]``.
+
+    Raises:
+        TrackingError: before any training, when the tracking store cannot be reached.
+    """
+    from detune import tracking as tracking_mod
     from detune.datasets import check_dataset
 
+    track = tracking_mod.resolve_tracking(cfg.tracking if tracking is None else tracking)
+    finder = None
+    if cfg.lr0 == "auto":  # resolved first: params, effective_lr0 and the adapter only ever see a number
+        from detune.lr_finder import resolve_auto_lr0
+
+        cfg, finder = resolve_auto_lr0(cfg, tracking=track, fit=fit)
     data_yaml = resolve_data(cfg.data)
     dataset = check_dataset(data_yaml)
+    logger = None
+    if track is not None:
+        logger = tracking_mod.open_training_run(track, config=resolved_config(cfg), dataset=dataset.summary(),
+                                                effective_lr0=cfg.effective_lr0)
     from detune.adapters import ultralytics as adapter
 
-    outcome = adapter.fit(cfg, data_yaml)
-    return TrainResult(status=outcome.status, history=outcome.history, config=resolved_config(cfg),
-                       save_dir=outcome.save_dir, weights=outcome.weights, reason=outcome.reason,
-                       steps=outcome.steps, info={**outcome.info, "dataset": dataset.summary(),
-                                                  "effective_lr0": cfg.effective_lr0})
+    try:
+        outcome = (fit or adapter.fit)(cfg, data_yaml, observer=_Fanout([logger, *observers]),
+                                       resume_from=resume_from)
+    except BaseException as e:  # KeyboardInterrupt -> KILLED, setup errors -> FAILED; then re-raised
+        if logger is not None:
+            logger.abort(e)
+        raise
+    result = TrainResult(status=outcome.status, history=outcome.history, config=resolved_config(cfg),
+                         save_dir=outcome.save_dir, weights=outcome.weights, reason=outcome.reason,
+                         steps=outcome.steps, info={**outcome.info, "dataset": dataset.summary(),
+                                                    "effective_lr0": cfg.effective_lr0})
+    if finder is not None:
+        from detune.lr_finder import finder_info
+
+        result.info["lr_finder"] = finder_info(finder, result.save_dir)
+    _plot_schedule(cfg, result)
+    if logger is not None:
+        result.run_id = logger.run_id
+        result.info["tracking"] = logger.finish(result)
+    return result
+
+
+def _plot_schedule(cfg: TrainConfig, result: TrainResult) -> None:
+    """Draw the planned LR schedule to ``save_dir/lr_schedule.png``; a plotting error never loses the run."""
+    steps_per_epoch = result.info.get("steps_per_epoch")
+    if result.save_dir is None or not result.save_dir.is_dir() or not steps_per_epoch:
+        return
+    try:
+        from detune.schedules import build_plan, plot
+
+        plan = build_plan(scheduler=cfg.schedule_name, scheduler_params=schedule_kwargs(cfg),
+                          lr0=cfg.effective_lr0, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                          interval=cfg.scheduler_interval, warmup_epochs=cfg.warmup_epochs,
+                          warmup_bias_lr=cfg.warmup_bias_lr, warmup_momentum=cfg.warmup_momentum,
+                          momentum=cfg.momentum)
+        result.info["lr_schedule_png"] = str(plot(plan, result.save_dir / "lr_schedule.png"))
+    except Exception as e:  # noqa: BLE001 - e.g. matplotlib missing
+        result.info["lr_schedule_png"] = None
+        result.info["lr_schedule_error"] = f"{type(e).__name__}: {e}"

@@ -1,0 +1,252 @@
+"""Pure maths of the LR range test: the lr sweep, loss smoothing, the divergence stop and the suggestions.
+
+Everything here works on plain lists of floats, imports nothing heavy and never logs: ``detune.lr_finder``
+runs the test through the adapter and reports. References: Smith, "Cyclical Learning Rates for Training
+Neural Networks" (2017), sec. 3.3; the suggestion rules follow Lightning's ``_LRFinder.suggestion``
+(steepest) and fastai's ``valley`` / ``minimum`` (min_div_10), with the known pitfalls avoided: the slope
+is taken against log(lr), not the index or the raw lr (Lightning-AI/pytorch-lightning#14248, #21141), and
+non-finite points are dropped before indexing, so no index is shifted (the TODO in #14248).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from detune.errors import ConfigError
+
+Mode = Literal["exponential", "linear"]
+Method = Literal["steepest", "valley", "min_div_10"]
+MODES: tuple[str, ...] = ("exponential", "linear")
+METHODS: tuple[str, ...] = ("steepest", "valley", "min_div_10")
+MIN_POINTS = 5  # finite points a suggestion needs (before the ends are trimmed)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinderSettings:
+    """How the lr is swept and when the sweep stops; validated on construction.
+
+    Args:
+        min_lr: lr of the first optimizer step, > 0.
+        max_lr: lr of the last planned step (``num_iters - 1``), > ``min_lr``; may exceed 1.
+        num_iters: optimizer steps to sweep over, >= 2; None = the batches of one epoch.
+        mode: ``exponential`` (even steps in log(lr), the usual choice) or ``linear``.
+        smoothing: weight of the newest loss in the bias-corrected EMA, in (0, 1]: EMA beta = 1 - smoothing
+            (0.05 -> beta 0.95, as pytorch-lr-finder's ``smooth_f``; 1 = no smoothing).
+        stop_factor: stop once the smoothed loss exceeds ``stop_factor`` x its minimum so far, > 1; None never
+            stops early on the factor (a non-finite loss always stops the sweep).
+        augment: keep the training config's augmentation; False turns the batch-mixing ones (mosaic, mixup,
+            cutmix, copy_paste) off for a less noisy curve.
+    """
+
+    min_lr: float = 1e-6
+    max_lr: float = 1.0
+    num_iters: int | None = None
+    mode: str = "exponential"
+    smoothing: float = 0.05
+    stop_factor: float | None = 4.0
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("min_lr", "max_lr"):
+            if not _is_number(getattr(self, name)):
+                _fail(name, getattr(self, name), "must be a finite number", f"use e.g. {name}: 1.0e-6")
+        if self.min_lr <= 0:
+            _fail("min_lr", self.min_lr, "must be > 0 (the sweep is geometric)", "use e.g. min_lr: 1.0e-6")
+        if self.max_lr <= self.min_lr:
+            _fail("max_lr", self.max_lr, f"must be above min_lr ({self.min_lr:g})",
+                  "raise max_lr or lower min_lr")
+        n = self.num_iters
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 2):
+            _fail("num_iters", n, "must be an integer >= 2, or None for one epoch", "use e.g. num_iters: 100")
+        if self.mode not in MODES:
+            _fail("mode", self.mode, f"must be one of {', '.join(MODES)}", "use exponential")
+        if not _is_number(self.smoothing) or not 0 < self.smoothing <= 1:
+            _fail("smoothing", self.smoothing, "must be in (0, 1] (the newest loss's weight; 1 = no "
+                  "smoothing)", "use e.g. smoothing: 0.05")
+        if self.stop_factor is not None and not (_is_number(self.stop_factor) and self.stop_factor > 1):
+            _fail("stop_factor", self.stop_factor, "must be a finite number > 1, or None to sweep the whole "
+                  "range", "use e.g. stop_factor: 4")
+        if not isinstance(self.augment, bool):
+            _fail("augment", self.augment, "must be true or false", "use augment: false")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _fail(field: str, value: Any, rule: str, fix: str) -> None:
+    raise ConfigError(f"{field} ({value!r}) {rule}; {fix}")
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# ---- the sweep ---------------------------------------------------------------------------------------
+def lr_at(step: int, *, min_lr: float, max_lr: float, num_iters: int, mode: str = "exponential") -> float:
+    """lr of optimizer step ``step`` (from 0): ``min_lr`` at 0, ``max_lr`` at ``num_iters - 1``, held beyond.
+
+    >>> [round(lr_at(i, min_lr=1e-3, max_lr=1.0, num_iters=4), 6) for i in range(4)]
+    [0.001, 0.01, 0.1, 1.0]
+    >>> [lr_at(i, min_lr=0.1, max_lr=0.4, num_iters=4, mode="linear") for i in range(4)]
+    [0.1, 0.2, 0.30000000000000004, 0.4]
+    """
+    if num_iters < 2 or step <= 0:
+        return float(min_lr)
+    if step >= num_iters - 1:
+        return float(max_lr)
+    t = step / (num_iters - 1)
+    if mode == "linear":
+        return min_lr + (max_lr - min_lr) * t
+    return min_lr * (max_lr / min_lr) ** t
+
+
+# ---- smoothing and the stop rule ---------------------------------------------------------------------
+class LossSmoother:
+    """Bias-corrected EMA of the batch loss (Adam-style debiasing, as fastai and Lightning do).
+
+    ``update`` returns ``avg / (1 - beta ** n)`` after ``n`` finite losses, so early values are not pulled
+    towards 0. A non-finite loss returns NaN and leaves the average untouched.
+    """
+
+    def __init__(self, smoothing: float) -> None:
+        self.beta = 1.0 - smoothing
+        self.avg = 0.0
+        self.count = 0
+
+    def update(self, loss: float) -> float:
+        if not math.isfinite(loss):
+            return math.nan
+        self.count += 1
+        self.avg = self.beta * self.avg + (1.0 - self.beta) * loss
+        return self.avg / (1.0 - self.beta ** self.count)
+
+
+def smooth_losses(losses: Sequence[float], smoothing: float = 0.05) -> list[float]:
+    """Bias-corrected EMA of every loss (NaN where the loss is not finite).
+
+    >>> smooth_losses([4.0, 2.0], smoothing=0.5)
+    [4.0, 2.6666666666666665]
+    """
+    smoother = LossSmoother(smoothing)
+    return [smoother.update(float(v)) for v in losses]
+
+
+def stop_reason(iteration: int, loss: float, smoothed: float, best: float,
+                stop_factor: float | None) -> str | None:
+    """Why the sweep must stop after this point, or None: a non-finite loss, or the smoothed loss above
+    ``stop_factor`` x ``best`` (the minimum of the smoothed losses before this point)."""
+    if not math.isfinite(loss):
+        return f"loss is {loss} at iteration {iteration}"
+    if stop_factor is not None and math.isfinite(best) and smoothed > stop_factor * best:
+        return (f"smoothed loss {smoothed:.4g} exceeded {stop_factor:g} x its minimum {best:.4g} "
+                f"at iteration {iteration}")
+    return None
+
+
+def find_stop(losses: Sequence[float], smoothing: float = 0.05,
+              stop_factor: float | None = 4.0) -> tuple[int | None, str | None]:
+    """Replay the stop rule over a finished curve: the index the sweep would have stopped at, and why."""
+    smoother, best = LossSmoother(smoothing), math.inf
+    for i, loss in enumerate(losses):
+        smoothed = smoother.update(float(loss))
+        reason = stop_reason(i, float(loss), smoothed, best, stop_factor)
+        if reason is not None:
+            return i, reason
+        best = min(best, smoothed)
+    return None, None
+
+
+# ---- suggestions -------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Suggestion:
+    """A suggested lr (None when there is none, with ``reason``) and the curve index it was read at."""
+
+    lr: float | None
+    index: int | None = None
+    reason: str | None = None
+
+
+def trim(n: int) -> tuple[int, int]:
+    """Points skipped at the start and end of a curve of ``n`` finite points: the start is flat and the
+    last points are where a divergence begins (Lightning skips 10 and 1, fastai n//10 and 5)."""
+    return min(10, n // 10), min(5, max(1, n // 20))
+
+
+def suggest(lrs: Sequence[float], smoothed: Sequence[float], method: str = "steepest") -> Suggestion:
+    """Suggest an lr from a finished sweep; ``smoothed`` is the smoothed loss at each lr.
+
+    Methods:
+        steepest: the most negative slope of the smoothed loss against log(lr), searched between the
+            trimmed start and the loss minimum (the descending part only).
+        valley: fastai's ``valley``: the longest strictly decreasing run of the smoothed loss, taken
+            halfway along (start + len/3 + len/6, as fastai).
+        min_div_10: the lr at the smoothed minimum, divided by 10 (fastai's ``minimum``).
+
+    Points with a non-finite lr or loss are dropped first; fewer than ``MIN_POINTS`` left, or a curve
+    that never fell below its first kept point, gives ``Suggestion(None, reason=...)``.
+
+    Raises:
+        ConfigError: for an unknown method.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"method ({method!r}) is not an LR finder suggestion method; use one of "
+                          f"{', '.join(METHODS)}")
+    keep = [i for i in range(min(len(lrs), len(smoothed)))
+            if math.isfinite(lrs[i]) and lrs[i] > 0 and math.isfinite(smoothed[i])]
+    if len(keep) < MIN_POINTS:
+        return Suggestion(None, reason=(
+            f"only {len(keep)} usable points ({len(lrs)} recorded, non-finite ones dropped); {method} needs "
+            f"at least {MIN_POINTS}: raise num_iters (or lower batch so an epoch has more batches), or raise "
+            "stop_factor / lower max_lr if the sweep stopped early"))
+    begin, end = trim(len(keep))
+    window = keep[begin:len(keep) - end]
+    x = [math.log(lrs[i]) for i in window]
+    y = [float(smoothed[i]) for i in window]
+    low = min(range(len(y)), key=y.__getitem__)
+    if low == 0:
+        return Suggestion(None, reason=(
+            f"the smoothed loss never fell below its value at lr {lrs[window[0]]:.3g}: the range starts too "
+            "high (lower min_lr) or the loss is dominated by noise (raise num_iters or batch)"))
+    if method == "steepest":
+        slopes = _slopes(x[:low + 1], y[:low + 1])
+        k = min(range(len(slopes)), key=slopes.__getitem__)
+        if not slopes[k] < 0:
+            return Suggestion(None, reason="the smoothed loss has no descending stretch; lower min_lr")
+        return Suggestion(float(lrs[window[k]]), window[k])
+    if method == "valley":
+        k = _valley(y)
+        return Suggestion(float(lrs[window[k]]), window[k])
+    return Suggestion(float(lrs[window[low]]) / 10.0, window[low])
+
+
+def _slopes(x: Sequence[float], y: Sequence[float]) -> list[float]:
+    """dy/dx at each point: central differences inside, one-sided at the ends (x strictly increasing)."""
+    n = len(x)
+    out = []
+    for i in range(n):
+        a, b = max(i - 1, 0), min(i + 1, n - 1)
+        dx = x[b] - x[a]
+        out.append((y[b] - y[a]) / dx if dx > 0 else 0.0)
+    return out
+
+
+def _valley(y: Sequence[float]) -> int:
+    """fastai's valley index over ``y``: longest strictly decreasing subsequence ending at each point (here
+    in O(n log n) with patience sorting instead of fastai's O(n^2) loops), then halfway along the longest."""
+    tails: list[float] = []  # tails[k]: smallest -y ending an increasing run of -y of length k + 1
+    best_len, best_end = 0, 0
+    for i, value in enumerate(y):
+        pos = bisect.bisect_left(tails, -value)
+        if pos == len(tails):
+            tails.append(-value)
+        else:
+            tails[pos] = -value
+        if pos + 1 > best_len:
+            best_len, best_end = pos + 1, i
+    start = max(0, best_end - best_len)  # fastai's start; clamped (fastai can reach -1 and wrap around)
+    sections = (best_end - start) / 3
+    return min(start + int(sections) + int(sections / 2), len(y) - 1)

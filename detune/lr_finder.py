@@ -1,0 +1,393 @@
+"""LR range test (LR finder) on YOLO's real training loss: a short throw-away training through the adapter.
+
+The lr rises from ``min_lr`` to ``max_lr`` over the optimizer steps of one epoch (or ``num_iters``), every
+param group at ``lr x its group factor``; the batch loss (box + cls + dfl per image) is smoothed with a
+bias-corrected EMA and the run stops once the smoothed loss exceeds ``stop_factor`` x its minimum or is not
+finite. The model, optimizer and run folder are thrown away afterwards (a temp dir), so nothing leaks into
+later training. The maths lives in ``detune._lr_suggest`` (pure functions over lists).
+
+Example:
+    >>> import detune
+    >>> result = detune.lr_find(data="shapes", imgsz=128, batch=8, num_iters=60)  # doctest: +SKIP
+    >>> result.suggestion("steepest"), result.suggestion("valley")  # doctest: +SKIP
+    >>> result.plot("lr_finder.png")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from detune._lr_suggest import (
+    METHODS,
+    MODES,
+    FinderSettings,
+    LossSmoother,
+    Mode,
+    Suggestion,
+    lr_at,
+    stop_reason,
+    suggest,
+)
+from detune.config import TrainConfig, load_config
+from detune.errors import AdapterError, ConfigError, TuneError
+
+if TYPE_CHECKING:
+    from detune.study import StudyConfig
+    from detune.tracking import TrackingConfig
+
+__all__ = ["METHODS", "MODES", "FinderSettings", "LRFinderResult", "Suggestion", "finder_info", "lr_find",
+           "range_test", "resolve_auto_lr0", "suggest_for_study"]
+
+log = logging.getLogger("detune")
+
+PLOT_NAME = "lr_finder.png"
+# The settings of the training config that shape the curve, recorded with every result (and as MLflow params).
+_RECORDED = ("model", "data", "optimizer", "batch", "imgsz", "device", "seed", "momentum", "weight_decay",
+             "lr_mult")
+_MIXING_AUGMENTATIONS = ("mosaic", "mixup", "cutmix", "copy_paste")
+
+
+@dataclasses.dataclass
+class LRFinderResult:
+    """The curve of one LR range test.
+
+    ``losses[i]`` is the batch loss (box + cls + dfl per image) of optimizer step ``i``, which ran at
+    ``lrs[i]``; ``smoothed`` is its bias-corrected EMA (NaN where the loss was not finite). ``stop_reason``
+    says why the sweep ended before ``num_iters`` (None when it covered the whole range); ``reason`` says why
+    the last ``suggestion()`` call returned None (None after a suggestion). ``config`` holds the training
+    settings the curve was measured with; ``run_id`` the finder's MLflow run when tracked.
+    """
+
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    settings: FinderSettings
+    num_iters: int
+    stop_reason: str | None = None
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    run_id: str | None = None
+    reason: str | None = None
+
+    @property
+    def stopped_early(self) -> bool:
+        return len(self.lrs) < self.num_iters
+
+    def suggest(self, method: str = "steepest") -> Suggestion:
+        """The suggestion with the curve index it was read at (see ``detune._lr_suggest.suggest``)."""
+        return suggest(self.lrs, self.smoothed, method)
+
+    def suggestion(self, method: str = "steepest") -> float | None:
+        """Suggested lr by ``method`` (steepest, valley, min_div_10), or None with the reason logged to the
+        ``detune`` logger and kept in ``self.reason``.
+
+        Raises:
+            ConfigError: for an unknown method.
+        """
+        found = self.suggest(method)
+        self.reason = found.reason
+        if found.lr is None:
+            log.warning("LR finder: no %s suggestion: %s", method, found.reason)
+        return found.lr
+
+    def suggestions(self) -> dict[str, float | None]:
+        """Every method's suggestion (None where there is none), without logging."""
+        return {m: self.suggest(m).lr for m in METHODS}
+
+    def plot(self, path: str | Path, method: str = "steepest") -> Path:
+        """Render the loss against lr (log x axis) with the suggestion marked to a PNG file; return its path.
+
+        matplotlib is imported here only (``pip install matplotlib`` if it is missing); no pyplot state.
+        """
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError as e:  # pragma: no cover - matplotlib ships with ultralytics
+            raise ImportError("LRFinderResult.plot needs matplotlib: pip install matplotlib") from e
+        found = self.suggest(method)
+        fig = Figure(figsize=(7, 4.5), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        pts = [p for p in zip(self.lrs, self.losses, self.smoothed, strict=True) if p[0] > 0]
+        raw = [(lr, loss) for lr, loss, _ in pts if math.isfinite(loss)]
+        smooth = [(lr, s) for lr, _, s in pts if math.isfinite(s)]
+        if raw:
+            ax.plot([p[0] for p in raw], [p[1] for p in raw], color="0.75", linewidth=0.8, label="batch loss")
+        if smooth:
+            ax.plot([p[0] for p in smooth], [p[1] for p in smooth], color="C0", linewidth=1.8,
+                    label="smoothed loss")
+        if found.lr is not None and found.index is not None:
+            ax.axvline(found.lr, color="C3", linestyle="--", linewidth=1)
+            ax.plot([self.lrs[found.index]], [self.smoothed[found.index]], "o", color="C3", markersize=8,
+                    label=f"{method}: {found.lr:.3g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate (log scale)")
+        ax.set_ylabel("training loss (box + cls + dfl)")
+        title = f"LR range test ({self.config.get('optimizer', '?')}): {len(self.lrs)}/{self.num_iters} steps"
+        ax.set_title(title if found.lr is not None else f"{title}; no {method} suggestion", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+        fig.tight_layout()
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format="png")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe mapping (non-finite values become None) with every method's suggestion."""
+        def clean(values: list[float]) -> list[float | None]:
+            return [v if math.isfinite(v) else None for v in values]
+
+        return {"lrs": clean(self.lrs), "losses": clean(self.losses), "smoothed": clean(self.smoothed),
+                "settings": self.settings.to_dict(), "num_iters": self.num_iters,
+                "stop_reason": self.stop_reason, "suggestions": self.suggestions(),
+                "config": dict(self.config), "run_id": self.run_id}
+
+
+class _RangeTest:
+    """The adapter probe (``lr(step)``, ``on_loss``) and observer (``on_start``) of one sweep."""
+
+    def __init__(self, settings: FinderSettings) -> None:
+        self.settings = settings
+        self.num_iters = settings.num_iters
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.smoother = LossSmoother(settings.smoothing)
+        self.best = math.inf
+        self.stop_reason: str | None = None
+
+    def on_start(self, info: Mapping[str, Any]) -> None:
+        if self.num_iters is None:  # one epoch: the adapter knows the real number of batches
+            self.num_iters = max(1, int(info.get("batches_per_epoch") or 1))
+
+    def lr(self, step: int) -> float:
+        s = self.settings
+        return lr_at(step, min_lr=s.min_lr, max_lr=s.max_lr, num_iters=self.num_iters or 2, mode=s.mode)
+
+    def on_loss(self, step: int, loss: float) -> bool:
+        i = len(self.losses)
+        smoothed = self.smoother.update(loss)
+        self.lrs.append(self.lr(i))
+        self.losses.append(float(loss))
+        self.smoothed.append(smoothed)
+        self.stop_reason = stop_reason(i, loss, smoothed, self.best, self.settings.stop_factor)
+        self.best = min(self.best, smoothed) if math.isfinite(smoothed) else self.best
+        return self.stop_reason is not None or len(self.losses) >= (self.num_iters or 0)
+
+    def diverged(self, reason: str | None) -> None:
+        """The adapter stopped on a non-finite loss before ``on_loss`` saw it: record that point too."""
+        i = len(self.losses)
+        self.lrs.append(self.lr(i))
+        self.losses.append(math.nan)
+        self.smoothed.append(math.nan)
+        self.stop_reason = f"loss is not finite at iteration {i} ({reason})"
+
+
+def finder_config(cfg: TrainConfig, settings: FinderSettings, *, project: Path,
+                  train_images: int) -> TrainConfig:
+    """The throw-away training config of a sweep: same model, data, optimizer, batch, imgsz, momentum, weight
+    decay, lr_mult and seed as ``cfg``; one optimizer step per batch (nbs = batch), no warmup, no schedule,
+    no divergence guard, no tracking, no plots or checkpoints, in ``project``; epochs enough for num_iters."""
+    if cfg.optimizer == "auto":
+        raise ConfigError("optimizer ('auto') makes Ultralytics choose the optimizer and its lr itself, so "
+                          "an LR range test cannot control the lr; set optimizer to SGD, Adam or AdamW")
+    epochs = 1
+    if settings.num_iters is not None:
+        fraction = float(cfg.extra.get("fraction", 1.0) or 1.0)
+        batches = max(1, math.ceil(max(1, round(train_images * fraction)) / cfg.batch))
+        epochs = math.ceil(settings.num_iters / batches) + 1  # + 1: never end early on a short estimate
+    mixing = {} if settings.augment else dict.fromkeys(_MIXING_AUGMENTATIONS, 0.0)
+    return cfg.replace(lr0=0.01, epochs=epochs, warmup_epochs=0.0, nbs=cfg.batch, divergence_factor=0.0,
+                       scheduler=None, scheduler_params={}, cos_lr=False, lr_scaling="none", tracking=False,
+                       project=str(project), name="lr_find", plots=False, save=False, exist_ok=True,
+                       close_mosaic=0, **mixing)
+
+
+def range_test(cfg: TrainConfig, settings: FinderSettings | None = None, *, tracking: Any = None,
+               fit: Callable[..., Any] | None = None) -> LRFinderResult:
+    """Run one LR range test for a training config (the engine under ``lr_find``, ``train(lr0="auto")`` and
+    studies).
+
+    Args:
+        cfg: the training the lr is wanted for; its lr0, epochs, schedule and warmup are ignored.
+        settings: the sweep (default ``FinderSettings()``).
+        tracking: None uses ``cfg.tracking``; False, True, a URI, a mapping or a ``TrackingConfig`` (with
+            ``parent_run_id`` to nest the finder's run under a study or another run).
+        fit: the adapter's ``fit`` (tests pass a fake implementing the probe protocol).
+
+    Raises:
+        ConfigError: for invalid settings, optimizer "auto" or a bad dataset (before any compute).
+        TrackingError: when tracking is on and the store cannot be reached.
+        AdapterError: when the model cannot be built or the short training fails.
+    """
+    from detune import tracking as tracking_mod
+    from detune.datasets import check_dataset
+    from detune.training import resolve_data
+
+    settings = settings or FinderSettings()
+    track = tracking_mod.resolve_tracking(cfg.tracking if tracking is None else tracking)
+    data_yaml = resolve_data(cfg.data)
+    dataset = check_dataset(data_yaml)
+    recorded = {k: v for k, v in cfg.to_dict().items() if k in _RECORDED}
+    with tempfile.TemporaryDirectory(prefix="detune-lr-find-") as tmp:
+        fcfg = finder_config(cfg, settings, project=Path(tmp), train_images=dataset.train_images)
+        logger = _open_run(track, settings, recorded, dataset.summary()) if track is not None else None
+        probe = _RangeTest(settings)
+        if fit is None:
+            from detune.adapters.ultralytics import fit
+        try:
+            outcome = fit(fcfg, data_yaml, observer=probe, probe=probe)
+        except BaseException as e:  # KeyboardInterrupt -> KILLED, setup errors -> FAILED; then re-raised
+            if logger is not None:
+                logger.abort(e)
+            raise
+        if outcome.status == "diverged":
+            probe.diverged(outcome.reason)
+        result = LRFinderResult(lrs=probe.lrs, losses=probe.losses, smoothed=probe.smoothed,
+                                settings=settings, num_iters=probe.num_iters or 0,
+                                stop_reason=probe.stop_reason, config=recorded)
+        failed = outcome.status == "failed"
+        if logger is not None:
+            result.run_id = logger.run_id
+            _finish_run(logger, result, Path(tmp) / "mlflow", failed=outcome.reason if failed else None)
+    if failed:
+        raise AdapterError(f"the LR range test failed after {len(result.lrs)} steps: {outcome.reason}")
+    result.suggestion()  # logs why, when there is no suggestion
+    return result
+
+
+def lr_find(model: str = "yolo11n.yaml", data: str = "shapes", *, min_lr: float = 1e-6, max_lr: float = 1.0,
+            num_iters: int | None = None, mode: Mode = "exponential", smoothing: float = 0.05,
+            stop_factor: float | None = 4.0, optimizer: str = "SGD", batch: int = 16, imgsz: int = 640,
+            augment: bool = False, seed: int = 0, device: str = "auto", tracking: Any = False,
+            **train_overrides: Any) -> LRFinderResult:
+    """LR range test: a short throw-away YOLO training with the lr rising from ``min_lr`` to ``max_lr``.
+
+    Args:
+        model: model YAML (built from scratch) or a local .pt file.
+        data: an Ultralytics data YAML, or "shapes" for the generated dataset.
+        min_lr: lr of the first optimizer step, > 0.
+        max_lr: lr of the last planned step, > min_lr (may exceed 1).
+        num_iters: optimizer steps (one per batch), >= 2; None = one epoch. Past one epoch each finished
+            epoch is validated by Ultralytics (extra time, no effect on the curve).
+        mode: "exponential" (even in log lr) or "linear".
+        smoothing: newest-loss weight of the bias-corrected EMA, (0, 1]; EMA beta = 1 - smoothing.
+        stop_factor: stop once the smoothed loss exceeds this x its minimum, > 1; None: sweep to max_lr.
+        optimizer: SGD, Adam, AdamW, ... (not "auto"); batch, imgsz, seed, device: as in ``detune.train``.
+        augment: False turns mosaic, mixup, cutmix and copy_paste off for the sweep.
+        tracking: False, True, a tracking URI, a mapping or a ``TrackingConfig`` (see ``detune.tracking``):
+            the sweep becomes its own MLflow run (``lr_finder/loss``, ``lr_finder/smoothed``,
+            ``lr_finder/lr`` at step = iteration, the plot, the suggestions).
+        **train_overrides: any other ``detune.train`` / Ultralytics setting (momentum, weight_decay,
+            lr_mult, fraction, hsv_h, ...); lr0, epochs, schedule and warmup settings are ignored.
+
+    Returns:
+        An ``LRFinderResult``; ``result.suggestion()`` is the steepest-slope lr (None, with ``result.reason``,
+        when the curve is too short).
+
+    Raises:
+        ConfigError: for any invalid setting (before any compute). AdapterError: the training failed.
+        TrackingError: tracking is on and the store cannot be reached.
+    """
+    settings = FinderSettings(min_lr=min_lr, max_lr=max_lr, num_iters=num_iters, mode=mode,
+                              smoothing=smoothing, stop_factor=stop_factor, augment=augment)
+    cfg = load_config({**train_overrides, "model": model, "data": data, "optimizer": optimizer,
+                       "batch": batch, "imgsz": imgsz, "seed": seed, "device": device})
+    return range_test(cfg, settings, tracking=tracking)
+
+
+# ---- uses: lr0="auto" and studies --------------------------------------------------------------------
+def resolve_auto_lr0(cfg: TrainConfig, *, tracking: TrackingConfig | None = None, method: str = "steepest",
+                     fit: Callable[..., Any] | None = None) -> tuple[TrainConfig, LRFinderResult]:
+    """Run the finder for ``cfg`` (lr0 "auto") and return ``cfg`` with the suggestion as its effective lr0
+    (``lr_scaling`` is not applied on top of a measured lr), plus the finder's result. ``tracking``: None is
+    off; a ``TrackingConfig`` makes the finder its own run (nested under ``parent_run_id`` when set).
+
+    Raises:
+        ConfigError: when the finder gives no suggestion (the message holds the reason and the fixes).
+    """
+    result = range_test(cfg, tracking=tracking if tracking is not None else False, fit=fit)
+    lr = result.suggestion(method)
+    if lr is None:
+        raise ConfigError(f"lr0 ('auto') could not be resolved: the LR finder gave no {method} suggestion "
+                          f"({result.reason}); set lr0 to a number, or change the data or batch so one epoch "
+                          "has more batches")
+    scale = cfg.replace(lr0=lr).effective_lr0 / lr
+    return cfg.replace(lr0=lr / scale), result
+
+
+def finder_info(result: LRFinderResult, save_dir: Path | None, method: str = "steepest") -> dict[str, Any]:
+    """What ``TrainResult.info["lr_finder"]`` records; the plot goes to ``save_dir/lr_finder.png``."""
+    plot = None
+    if save_dir is not None and save_dir.is_dir():
+        try:
+            plot = str(result.plot(save_dir / PLOT_NAME, method=method))
+        except Exception as e:  # noqa: BLE001 - a plotting error never loses the run
+            log.warning("LR finder plot failed: %s: %s", type(e).__name__, e)
+    return {"suggestion": result.suggest(method).lr, "method": method, "plot": plot, "run_id": result.run_id,
+            "points": len(result.lrs), "num_iters": result.num_iters, "stop_reason": result.stop_reason,
+            "settings": result.settings.to_dict()}
+
+
+def suggest_for_study(study: StudyConfig, *, tracking: TrackingConfig | None = None,
+                      settings: FinderSettings | None = None) -> float:
+    """The steepest-slope suggestion for the study's base train config (centre of an ``lr_finder`` range).
+
+    Args:
+        tracking: None records nothing; a ``TrackingConfig`` with ``parent_run_id`` nests the finder's run
+            under the study's run.
+
+    Raises:
+        TuneError: when the finder gives no suggestion (with the reason).
+    """
+    result = range_test(study.train, settings, tracking=tracking if tracking is not None else False)
+    lr = result.suggestion("steepest")
+    if lr is None:
+        raise TuneError("search_space.lr0 uses lr_finder but the LR finder gave no suggestion: "
+                        f"{result.reason}")
+    return lr
+
+
+# ---- MLflow --------------------------------------------------------------------------------------------
+def _open_run(track: TrackingConfig, settings: FinderSettings, recorded: Mapping[str, Any],
+              dataset: Mapping[str, Any]) -> Any:
+    from detune import tracking as tr
+
+    # Not the trial's tag: find_trial_run looks a trial's own run up by detune.trial_id and its parent.
+    tags = {k: v for k, v in track.tags.items() if k != "detune.trial_id"}
+    name = f"{track.run_name}-lr_finder" if track.run_name else "lr_finder"
+    run_cfg = track.replace(run_id=None, run_name=name, tags=tags)
+    tr.check_reachable(run_cfg)
+    tr.prepare_store(run_cfg)
+    params = {**recorded, **dataset, **{f"lr_finder.{k}": v for k, v in settings.to_dict().items()}}
+    return tr.RunLogger(run_cfg, params=params, tags={"detune.kind": "lr_finder"})
+
+
+def _finish_run(logger: Any, result: LRFinderResult, folder: Path, *, failed: str | None) -> None:
+    from detune.training import TrainResult
+
+    for i, (lr, loss, smooth) in enumerate(zip(result.lrs, result.losses, result.smoothed, strict=True)):
+        logger.log_metrics({"lr_finder/lr": lr, "lr_finder/loss": loss, "lr_finder/smoothed": smooth}, step=i)
+    found = result.suggestions()
+    summary = {f"lr_finder/suggestion_{m}": v for m, v in found.items() if v is not None}
+    if found["steepest"] is not None:
+        summary["lr_finder/suggestion"] = found["steepest"]
+    summary.update({"lr_finder/points": len(result.lrs), "lr_finder/num_iters": result.num_iters})
+    logger.log_metrics(summary, step=0)
+    folder.mkdir(parents=True, exist_ok=True)
+    artifacts = [folder / "lr_finder.json"]
+    artifacts[0].write_text(json.dumps(result.to_dict(), indent=1))
+    try:
+        result.plot(folder / PLOT_NAME)  # under plots/ in the run (RunLogger logs the folder's PNGs)
+    except Exception as e:  # noqa: BLE001 - a plotting error never loses the run
+        log.warning("LR finder plot failed: %s: %s", type(e).__name__, e)
+    status = "failed" if failed else "completed"
+    logger.finish(TrainResult(status=status, history=[], config=dict(result.config), save_dir=folder,
+                              reason=failed or result.stop_reason), artifacts=artifacts)

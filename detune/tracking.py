@@ -1,0 +1,713 @@
+"""MLflow tracking for detune: explicit tracking URIs and run ids, buffered logging that never stops training.
+
+This is the only module that imports ``mlflow`` (lazily, inside functions). Everything goes through
+``MlflowClient(tracking_uri=...)`` with explicit run ids: the caller's global MLflow state (active run,
+``set_tracking_uri``, ``set_experiment``, autolog) is never read or changed, so a Ray trial, a notebook
+and detune can log to different stores from one process.
+
+Step numbering: per-epoch metrics are logged at ``step = epoch`` counted from 1 (as ``history``'s
+``epoch`` and Ultralytics' results.csv); ``lr_step/pg{i}`` is logged at ``step =`` the global optimizer
+step counted from 0 (as ``TrainResult.steps``).
+
+Example:
+    >>> cfg = resolve_tracking("sqlite:///runs/mlflow.db", default_experiment="demo")
+    >>> cfg.uri.startswith("sqlite:////"), cfg.experiment
+    (True, 'demo')
+    >>> sanitize_key("metrics/mAP50-95(B)")
+    'metrics/mAP50-95_B_'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import functools
+import json
+import logging
+import os
+import posixpath
+import re
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from detune.errors import ConfigError, TrackingError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from detune.training import TrainResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "detune"
+DEFAULT_DB = "mlflow.db"  # MLflow 3's own default store: sqlite:///mlflow.db in the working directory
+UNLOGGED_FILE = "mlflow_unlogged.json"
+PROBE_TIMEOUT = 3.0  # seconds for the reachability probe of an HTTP server
+_CALL_TIMEOUT, _UPLOAD_TIMEOUT = 10, 60  # seconds per MLflow HTTP call / artifact upload
+_MAX_ENTITIES, _MAX_PARAMS_TAGS = 1000, 100  # MLflow's log_batch limits
+_MAX_KEY, _MAX_PARAM_VALUE, _MAX_TAG_VALUE = 250, 6000, 8000
+_MAPPING_KEYS = ("uri", "experiment", "run_name", "tags", "flush_timeout")
+_STATUSES = {"completed": "FINISHED", "diverged": "FINISHED", "finished": "FINISHED", "failed": "FAILED",
+             "killed": "KILLED", "interrupted": "KILLED"}
+_PACKAGES = ("detune", "ultralytics", "torch", "ray", "mlflow")
+_FIX = "or set tracking: false to train without tracking"
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where and how one run (or study) is tracked.
+
+    Args:
+        uri: Resolved, absolute tracking URI (``resolve_tracking`` makes relative sqlite/file paths absolute,
+            because Ray trials run in other working directories).
+        experiment: MLflow experiment name, created on first use.
+        run_name: Name shown in the MLflow UI; None lets MLflow pick one.
+        parent_run_id: Nest the run under this one (tag ``mlflow.parentRunId``).
+        run_id: Continue this existing run instead of creating one (study resume).
+        tags: Extra run tags, e.g. ``{"detune.trial_id": "a1b2"}``.
+        flush_timeout: Seconds ``finish`` keeps retrying (with backoff) to send buffered points, artifacts and
+            the final status before it reports what is left; >= 0.
+    """
+
+    uri: str
+    experiment: str = DEFAULT_EXPERIMENT
+    run_name: str | None = None
+    parent_run_id: str | None = None
+    run_id: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    flush_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.uri, str) or not self.uri:
+            raise ConfigError(f"tracking.uri ({self.uri!r}) must be a tracking URI, e.g. sqlite:///mlflow.db")
+        if not isinstance(self.experiment, str) or not self.experiment.strip():
+            raise ConfigError(f"tracking.experiment ({self.experiment!r}) must be a name, e.g. demo")
+        if not isinstance(self.tags, Mapping):
+            raise ConfigError(f"tracking.tags ({self.tags!r}) must be a mapping, e.g. {{team: vision}}")
+        timeout = self.flush_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+            raise ConfigError(f"tracking.flush_timeout ({timeout!r}) must be a number of seconds >= 0")
+
+    def replace(self, **changes: Any) -> TrackingConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# ---- configuration -------------------------------------------------------------------------------------
+def default_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else MLflow 3's default ``sqlite:///<cwd>/mlflow.db`` (absolute)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return absolute_uri(env) if env else "sqlite:///" + str(Path(DEFAULT_DB).resolve())
+
+
+def absolute_uri(uri: str) -> str:
+    """Make local stores absolute: ``sqlite:///rel.db``, ``file:rel``, plain paths (``*.db`` means sqlite)."""
+    text = uri.strip()
+    scheme = urllib.parse.urlsplit(text).scheme
+    if scheme == "sqlite" and text.startswith("sqlite:///"):
+        path, sep, query = text[len("sqlite:///"):].partition("?")
+        return "sqlite:///" + str(Path(urllib.parse.unquote(path)).expanduser().resolve()) + sep + query
+    if scheme == "file":
+        return Path(urllib.parse.unquote(urllib.parse.urlsplit(text).path)).expanduser().resolve().as_uri()
+    if scheme in ("http", "https"):
+        return text.rstrip("/")
+    if scheme == "":
+        path = Path(text).expanduser().resolve()
+        return "sqlite:///" + str(path) if path.suffix in (".db", ".sqlite") else path.as_uri()
+    return text
+
+
+def resolve_tracking(value: Any, *, default_experiment: str = DEFAULT_EXPERIMENT) -> TrackingConfig | None:
+    """Turn a ``tracking`` setting into a ``TrackingConfig``, or None when tracking is off.
+
+    Args:
+        value: False/None (off), True (default store, see ``default_uri``), a tracking URI, a mapping with
+            ``uri``, ``experiment``, ``run_name``, ``tags``, ``flush_timeout`` (all optional), or a
+            ``TrackingConfig`` (returned as is).
+        default_experiment: Experiment name used when ``value`` does not name one.
+
+    Raises:
+        ConfigError: for any other value or an unknown mapping key.
+    """
+    if value is None or value is False:
+        return None
+    if isinstance(value, TrackingConfig):
+        return value
+    if value is True:
+        return TrackingConfig(uri=default_uri(), experiment=default_experiment)
+    if isinstance(value, (str, os.PathLike)) and str(value).strip():
+        return TrackingConfig(uri=absolute_uri(str(value)), experiment=default_experiment)
+    if isinstance(value, Mapping):
+        for key in value:
+            if key not in _MAPPING_KEYS:
+                close = difflib.get_close_matches(str(key), _MAPPING_KEYS, n=1)
+                hint = f"did you mean {close[0]}?" if close else f"valid keys are {', '.join(_MAPPING_KEYS)}"
+                raise ConfigError(f"tracking.{key} is not a tracking setting; {hint}")
+        uri = value.get("uri")
+        return TrackingConfig(
+            uri=absolute_uri(str(uri)) if uri else default_uri(), run_name=value.get("run_name"),
+            experiment=value.get("experiment") or default_experiment,
+            tags={str(k): str(v) for k, v in (value.get("tags") or {}).items()},
+            flush_timeout=value.get("flush_timeout", 30.0))
+    raise ConfigError(f"tracking ({value!r}) must be false, true (local store ./{DEFAULT_DB}), a tracking "
+                      "URI such as http://127.0.0.1:5000, or a mapping {uri, experiment, run_name, tags}")
+
+
+def redact(uri: str) -> str:
+    """The URI without a password (``http://user:***@host``), for messages and logged config."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def sanitize_key(key: str) -> str:
+    """An MLflow-valid name: only ``[/\\w.\\- :]``, path-normal (no ``..``, ``//``, leading/trailing ``/``),
+    at most 250 characters. ``metrics/mAP50-95(B)`` -> ``metrics/mAP50-95_B_``."""
+    text = re.sub(r"[^/\w.\- :]", "_", str(key))
+    while ".." in text:
+        text = text.replace("..", "._")
+    text = "/".join(p for p in text.split("/") if p not in ("", "."))[:_MAX_KEY].rstrip("/")
+    return text if text and posixpath.normpath(text) == text else "_"
+
+
+# ---- store access --------------------------------------------------------------------------------------
+_ENV_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _quick_http(timeout: int = _CALL_TIMEOUT) -> Iterator[None]:
+    """No MLflow-internal retries and a short timeout for the calls inside.
+
+    detune retries with its own backoff instead: MLflow's default (7 retries, backoff factor 2, 120 s timeout)
+    blocks a single call for ~4 minutes against a stopped server. MLflow reads these variables per request;
+    they are restored on exit.
+    """
+    changes = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
+    with _ENV_LOCK:
+        saved = {k: os.environ.get(k) for k in changes}
+        os.environ.update(changes)
+        try:
+            yield
+        finally:
+            for key, old in saved.items():
+                if old is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = old
+
+
+@contextlib.contextmanager
+def _as_tracking_error(cfg: TrackingConfig, what: str) -> Iterator[None]:
+    try:
+        with _quick_http():
+            yield
+    except TrackingError:
+        raise
+    except Exception as e:  # noqa: BLE001 - MLflow, SQLAlchemy and requests errors all mean the same here
+        raise TrackingError(f"{what} in MLflow store {redact(cfg.uri)}: {type(e).__name__}: {_short(e)}; "
+                            f"check that the store is reachable and writable, {_FIX}") from e
+
+
+def _client(uri: str) -> MlflowClient:
+    """A client bound to ``uri``; ``TrackingError`` when MLflow refuses the store (e.g. a file store)."""
+    from detune import _runtime
+
+    _runtime.prepare()  # MLFLOW_DISABLE_TELEMETRY etc. must be set before mlflow is imported
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except Exception as e:  # noqa: BLE001 - unknown scheme, file store switched off, unreadable DB
+        raise TrackingError(f"MLflow cannot open tracking store {redact(uri)}: {_short(e)}; use e.g. "
+                            f"sqlite:///mlflow.db or http://host:5000, {_FIX}") from e
+
+
+def _short(e: object, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _local_path(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(urllib.parse.unquote(uri[len("sqlite:///"):].partition("?")[0]))
+    if uri.startswith("file:"):
+        return Path(urllib.parse.unquote(urllib.parse.urlsplit(uri).path))
+    return None
+
+
+def check_reachable(cfg: TrackingConfig) -> None:
+    """Fail fast (seconds) when the store cannot be used: HTTP ``GET /health``, or a writable local directory.
+
+    Raises:
+        TrackingError: naming the URI and the fix.
+    """
+    parts = urllib.parse.urlsplit(cfg.uri)
+    if parts.scheme in ("http", "https"):
+        url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])) + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT) as response:  # noqa: S310 - http(s) only
+                reason = "" if response.status == 200 else f"GET /health answered {response.status}"
+        except (OSError, ValueError) as e:
+            reason = f"{type(e).__name__}: {_short(getattr(e, 'reason', e))}"
+        if reason:
+            raise TrackingError(f"MLflow tracking server {redact(cfg.uri)} is not reachable ({reason}); "
+                                "start it (e.g. `mlflow server --host 127.0.0.1 --port 5000`), point "
+                                f"tracking or MLFLOW_TRACKING_URI at a running server, {_FIX}")
+        return
+    path = _local_path(cfg.uri)
+    if path is not None:
+        folder = path.parent if parts.scheme == "sqlite" else path
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise TrackingError(f"MLflow store {cfg.uri} cannot be created: {existing} is not a writable "
+                                f"directory; choose another tracking URI, {_FIX}")
+        return
+    with _as_tracking_error(cfg, "cannot reach the tracking store"):
+        _client(cfg.uri).search_experiments(max_results=1)
+
+
+def prepare_store(cfg: TrackingConfig) -> str:
+    """Create the store and the experiment once (before parallel writers) and return the experiment id.
+
+    Two processes creating a fresh sqlite DB at once crash one of them, so a study calls this in its driver.
+    """
+    path = _local_path(cfg.uri)
+    if path is not None and cfg.uri.startswith("sqlite:"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with _as_tracking_error(cfg, f"cannot open experiment {cfg.experiment!r}"):
+        client = _client(cfg.uri)
+        exp = client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            try:
+                return str(client.create_experiment(cfg.experiment))
+            except Exception:  # noqa: BLE001 - created meanwhile by another process: read it back
+                exp = client.get_experiment_by_name(cfg.experiment)
+                if exp is None:
+                    raise
+        if exp.lifecycle_stage == "deleted":
+            raise TrackingError(f"experiment {cfg.experiment!r} in {redact(cfg.uri)} is deleted; restore it "
+                                f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or use "
+                                "another experiment name")
+        return str(exp.experiment_id)
+
+
+# ---- params and tags -----------------------------------------------------------------------------------
+def flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings become dotted keys (``scheduler_params.gamma``); values strings of <= 6000 chars."""
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            text = json.dumps(list(value)) if isinstance(value, (list, tuple)) else str(value)
+            out[sanitize_key(name)] = text[:_MAX_PARAM_VALUE]
+    return out
+
+
+def training_params(config: Mapping[str, Any], dataset: Mapping[str, Any], *,
+                    effective_lr0: float) -> dict[str, str]:
+    """Params of a training run: the resolved config (never its ``tracking`` setting), the dataset summary
+    and the lr0 actually used. Nothing comes from the environment."""
+    settings = {k: v for k, v in config.items() if k != "tracking"}
+    return flatten_params({**settings, **dataset, "effective_lr0": effective_lr0})
+
+
+@functools.lru_cache(maxsize=8)
+def _git_commit(cwd: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=3)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+
+
+def default_tags() -> dict[str, str]:
+    """Package versions (read from metadata, nothing imported) and the git commit of the working directory."""
+    tags = {}
+    for name in _PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            tags[f"version.{name}"] = metadata.version(name)
+    commit = _git_commit(os.getcwd())
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    return {(k if k.startswith("mlflow.") else sanitize_key(k)): str(v)[:_MAX_TAG_VALUE]
+            for k, v in tags.items()}
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str],
+                tags: Mapping[str, str] | None = None) -> None:
+    """Log params MLflow does not have yet (they are immutable: a resumed run keeps its first values)."""
+    from mlflow.entities import Param, RunTag
+
+    existing = client.get_run(run_id).data.params
+    plist = [Param(k, v) for k, v in params.items() if k not in existing]
+    tlist = [RunTag(k, v) for k, v in (tags or {}).items()]
+    for i in range(0, max(len(plist), len(tlist)), _MAX_PARAMS_TAGS):
+        client.log_batch(run_id, params=plist[i:i + _MAX_PARAMS_TAGS], tags=tlist[i:i + _MAX_PARAMS_TAGS],
+                         synchronous=True)
+
+
+def _open_run(cfg: TrackingConfig, params: Mapping[str, str], tags: Mapping[str, Any]) -> str:
+    """Create the run (or reopen ``cfg.run_id`` as RUNNING), then log its params and tags."""
+    all_tags = _clean_tags({**default_tags(), **tags, **cfg.tags})
+    if cfg.parent_run_id:
+        all_tags["mlflow.parentRunId"] = cfg.parent_run_id
+    with _as_tracking_error(cfg, "cannot start the MLflow run"):
+        client = _client(cfg.uri)
+        if cfg.run_id:
+            client.update_run(cfg.run_id, status="RUNNING")
+            run_id = cfg.run_id
+        else:
+            run = client.create_run(prepare_store(cfg), tags=all_tags, run_name=cfg.run_name)
+            run_id = str(run.info.run_id)
+        _log_params(client, run_id, params, all_tags)
+    return run_id
+
+
+def _mlflow_status(status: str) -> str:
+    if str(status).upper() in ("FINISHED", "FAILED", "KILLED"):
+        return str(status).upper()
+    if str(status).lower() not in _STATUSES:
+        raise ValueError(f"status ({status!r}) must be FINISHED, FAILED, KILLED or {', '.join(_STATUSES)}")
+    return _STATUSES[str(status).lower()]
+
+
+# ---- buffered, retrying writes -------------------------------------------------------------------------
+class _Sender:
+    """Buffered writes to one existing run, retried with backoff; shared by ``RunLogger`` and ``finish_run``.
+
+    After a failure the next attempt waits 1, 2, 4, ... 30 s. Without a deadline a call never waits (training
+    goes on and the points stay buffered); with one it retries until the deadline passes.
+    """
+
+    def __init__(self, cfg: TrackingConfig, run_id: str) -> None:
+        self.cfg, self.client, self.run_id = cfg, _client(cfg.uri), run_id
+        self.save_dir: Path | None = None
+        self._pending: list[Any] = []  # mlflow.entities.Metric, in logging order
+        self._tags: dict[str, str] = {}
+        self._rejected: list[Any] = []  # points the store refused as invalid (never retried)
+        self._logged = self._failures = 0
+        self._next_try = 0.0
+        self._errors: list[str] = []
+
+    def _add(self, values: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)  # fixed per point: a batch resent after a lost reply is deduplicated
+        self._pending.extend(Metric(sanitize_key(k), float(v), now, step) for k, v in values.items())
+
+    def _send_next(self) -> None:
+        from mlflow.entities import RunTag
+
+        tags = [RunTag(k, v) for k, v in list(self._tags.items())[:_MAX_PARAMS_TAGS]]
+        metrics = self._pending[: _MAX_ENTITIES - len(tags)]
+        try:
+            self.client.log_batch(self.run_id, metrics=metrics, tags=tags, synchronous=True)
+        except Exception as e:
+            if getattr(e, "error_code", None) != "INVALID_PARAMETER_VALUE":
+                raise
+            self._rejected.extend(metrics)  # resending cannot help; keep them for the report
+            self._errors.append(f"rejected {len(metrics)} points: {_short(e)}")
+        else:
+            self._logged += len(metrics)
+        del self._pending[: len(metrics)]
+        for tag in tags:
+            self._tags.pop(tag.key, None)
+
+    def _attempt(self, fn: Callable[[], Any], deadline: float | None, timeout: int = _CALL_TIMEOUT) -> bool:
+        """Call ``fn`` once per backoff window; with a deadline, wait between attempts until it passes."""
+        while True:
+            now = time.monotonic()
+            if now < self._next_try:
+                if deadline is None or now >= deadline:
+                    return False
+                time.sleep(min(self._next_try, deadline) - now)
+            try:
+                with _quick_http(timeout):
+                    fn()
+            except Exception as e:  # noqa: BLE001 - any store error: keep the data, retry later
+                self._failures += 1
+                self._next_try = time.monotonic() + min(2 ** (self._failures - 1), 30)
+                self._errors = [*self._errors[-4:], f"{type(e).__name__}: {_short(e)}"]
+                if self._failures == 1:
+                    log.warning("MLflow logging to %s failed, buffering: %s", redact(self.cfg.uri), _short(e))
+                if deadline is None or time.monotonic() >= deadline:
+                    return False
+            else:
+                self._failures, self._next_try = 0, 0.0
+                return True
+
+    def _flush(self, deadline: float | None = None) -> bool:
+        while self._pending or self._tags:
+            if not self._attempt(self._send_next, deadline):
+                return False
+        return True
+
+    def _upload(self, path: Path, dest: str | None, deadline: float) -> bool:
+        def send() -> None:
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), dest)
+            else:
+                self.client.log_artifact(self.run_id, str(path), dest)
+        return self._attempt(send, deadline, _UPLOAD_TIMEOUT)
+
+    def _close(self, status: str, deadline: float, missed: list[str]) -> dict[str, Any]:
+        terminated = self._attempt(lambda: self.client.set_terminated(self.run_id, status), deadline)
+        return self.report(status=status, status_set=terminated, unlogged_artifacts=missed)
+
+    def report(self, **extra: Any) -> dict[str, Any]:
+        """What reached the store and what did not.
+
+        Unsent points and tags (and the status, if it could not be set) are also written to
+        ``mlflow_unlogged.json`` in the save dir (``flush_unlogged`` sends them later); ``local_copy`` is
+        results.csv, the local copy of the per-epoch curves.
+        """
+        left = [*self._pending, *self._rejected]
+        csv = self.save_dir / "results.csv" if self.save_dir else None
+        out: dict[str, Any] = {
+            "uri": redact(self.cfg.uri), "experiment": self.cfg.experiment, "run_id": self.run_id, **extra,
+            "logged_points": self._logged, "unlogged_points": len(left), "unlogged_tags": len(self._tags),
+            "errors": list(self._errors), "local_copy": str(csv) if csv and csv.is_file() else None,
+            "unlogged_file": None}
+        stuck = left or self._tags or not extra.get("status_set", True)
+        if stuck and self.save_dir and self.save_dir.is_dir():
+            path = self.save_dir / UNLOGGED_FILE
+            path.write_text(json.dumps({
+                "uri": self.cfg.uri, "run_id": self.run_id, "status": extra.get("status"), "tags": self._tags,
+                "metrics": [[m.key, m.value, m.step, m.timestamp] for m in self._pending]}))
+            out["unlogged_file"] = str(path)
+        return out
+
+
+# ---- one training run ----------------------------------------------------------------------------------
+class RunLogger(_Sender):
+    """An adapter observer that logs one training run; logging errors are buffered and retried, never raised.
+
+    Points are kept in memory and sent with ``log_batch`` (<= 1000 per call) at each epoch end, or earlier
+    when 1000 are waiting. ``finish`` retries for ``cfg.flush_timeout`` seconds, then reports what is left.
+
+    Raises:
+        TrackingError: from the constructor only, when the run cannot be created or reopened.
+    """
+
+    def __init__(self, cfg: TrackingConfig, *, params: Mapping[str, Any], tags: Mapping[str, Any]) -> None:
+        super().__init__(cfg, _open_run(cfg, flatten_params(params), {"detune.kind": "train", **tags}))
+
+    # ---- adapter events (never raise) --------------------------------------------------------------------
+    def on_start(self, info: Mapping[str, Any]) -> None:
+        self.save_dir = Path(info["save_dir"]) if info.get("save_dir") else None
+        self._tags.update(_clean_tags({"detune.device": info.get("device", ""),
+                                       "detune.save_dir": self.save_dir or ""}))
+        self._flush()
+
+    def on_step(self, step: int, epoch: int, lrs: Sequence[float]) -> None:
+        self._add({f"lr_step/pg{i}": lr for i, lr in enumerate(lrs)}, int(step))
+        if len(self._pending) >= _MAX_ENTITIES:
+            self._flush()
+
+    def on_epoch(self, record: Mapping[str, float], weights_dir: Path) -> None:
+        self._add({k: v for k, v in record.items() if k != "epoch"}, int(record["epoch"]))
+        self._flush()
+
+    def log_metrics(self, values: Mapping[str, float], step: int) -> None:
+        """Buffer extra metrics at ``step`` (e.g. the LR finder's curve; keys sanitized), sent with the next
+        flush and at the latest by ``finish``; never raises for store errors."""
+        self._add(values, int(step))
+        if len(self._pending) >= _MAX_ENTITIES:
+            self._flush()
+
+    # ---- end of run --------------------------------------------------------------------------------------
+    def finish(self, result: TrainResult, *, artifacts: Sequence[Path] = ()) -> dict[str, Any]:
+        """Send what is buffered, the artifacts and the final status; return ``report()``.
+
+        Status: completed -> FINISHED; diverged -> FINISHED with tags ``detune.status=diverged`` and
+        ``detune.reason``; failed -> FAILED with ``detune.reason``. Artifacts: ``weights/best.pt``,
+        ``results.csv``, ``lr_schedule.png``, ``config.yaml`` (re-runnable), Ultralytics' ``plots/*.png``,
+        then ``artifacts`` (files or folders).
+        """
+        deadline = time.monotonic() + self.cfg.flush_timeout
+        self._failures, self._next_try = 0, 0.0  # the store may be back: restart the backoff at 1 s
+        self.save_dir = result.save_dir or self.save_dir
+        self._tags["detune.status"] = result.status
+        if result.reason:
+            self._tags["detune.reason"] = result.reason[:_MAX_TAG_VALUE]
+        self._flush(deadline)
+        files = self._artifact_files(result, artifacts)
+        missed = [str(path) for path, dest in files if not self._upload(path, dest, deadline)]
+        return self._close(_mlflow_status(result.status), deadline, missed)
+
+    def abort(self, error: BaseException) -> dict[str, Any]:
+        """End the run after an exception escaped training: KILLED for KeyboardInterrupt, else FAILED."""
+        killed = isinstance(error, KeyboardInterrupt)
+        self._tags.update({"detune.status": "killed" if killed else "failed",
+                           "detune.reason": f"{type(error).__name__}: {_short(error, 2000)}"})
+        deadline = time.monotonic() + min(self.cfg.flush_timeout, 5.0)
+        self._failures, self._next_try = 0, 0.0
+        self._flush(deadline)
+        csv = self.save_dir / "results.csv" if self.save_dir else None
+        missed = [str(csv)] if csv and csv.is_file() and not self._upload(csv, None, deadline) else []
+        return self._close("KILLED" if killed else "FAILED", deadline, missed)
+
+    def _artifact_files(self, result: TrainResult, extra: Sequence[Path]) -> list[tuple[Path, str | None]]:
+        files: list[tuple[Path, str | None]] = []
+        if "best" in result.weights:
+            files.append((Path(result.weights["best"]), "weights"))
+        folder = self.save_dir if self.save_dir and self.save_dir.is_dir() else None
+        if folder is not None:
+            files += [(folder / "results.csv", None)] if (folder / "results.csv").is_file() else []
+            pngs = sorted(folder.glob("*.png"))
+            files += [(p, None if p.name == "lr_schedule.png" else "plots") for p in pngs]
+        config_dir = folder or Path(tempfile.mkdtemp(prefix="detune-config-"))
+        files.append((write_config(result.config, config_dir / "config.yaml"), None))
+        return files + [(Path(p), None) for p in extra]
+
+
+def write_config(config: Mapping[str, Any], path: Path) -> Path:
+    """The resolved config as YAML, re-runnable with ``detune.train(path)``; tracking URIs lose passwords."""
+    import yaml
+
+    data = dict(config)
+    track = data.get("tracking")
+    if isinstance(track, TrackingConfig):
+        data["tracking"] = {"uri": redact(track.uri), "experiment": track.experiment}
+    elif isinstance(track, str):
+        data["tracking"] = redact(track)
+    elif isinstance(track, Mapping) and isinstance(track.get("uri"), str):
+        data["tracking"] = {**track, "uri": redact(track["uri"])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def open_training_run(cfg: TrackingConfig, *, config: Mapping[str, Any], dataset: Mapping[str, Any],
+                      effective_lr0: float) -> RunLogger:
+    """Check the store, create the experiment and the run of one training (what ``detune.train`` does).
+
+    Raises:
+        TrackingError: before any training, when the store is unreachable or refuses the run.
+    """
+    check_reachable(cfg)
+    prepare_store(cfg)
+    return RunLogger(cfg, params=training_params(config, dataset, effective_lr0=effective_lr0),
+                     tags={"detune.device": config.get("device", "")})
+
+
+def flush_unlogged(path: str | os.PathLike[str]) -> int:
+    """Send what a run could not log (``mlflow_unlogged.json``) when the store is back; returns points sent.
+
+    Raises:
+        TrackingError: when the store still cannot be written (the file is kept for another try).
+    """
+    from mlflow.entities import Metric
+
+    data = json.loads(Path(path).read_text())
+    sender = _Sender(TrackingConfig(uri=data["uri"]), data["run_id"])
+    sender._pending = [Metric(k, float(v), int(ts), int(step)) for k, v, step, ts in data["metrics"]]
+    sender._tags = dict(data["tags"])
+    count = len(sender._pending)
+    with _as_tracking_error(sender.cfg, f"cannot flush {path}"):
+        while sender._pending or sender._tags:
+            sender._send_next()
+        if data.get("status"):
+            sender.client.set_terminated(data["run_id"], data["status"])
+    Path(path).unlink()
+    return count
+
+
+# ---- studies (nested runs) -----------------------------------------------------------------------------
+def start_study_run(cfg: TrackingConfig, *, name: str, params: Mapping[str, Any],
+                    tags: Mapping[str, Any] | None = None) -> str:
+    """Create the parent run of a study (or reopen ``cfg.run_id`` on resume) and return its id.
+
+    Trials nest under it with ``cfg.replace(parent_run_id=..., tags={"detune.trial_id": ...})``.
+
+    Raises:
+        TrackingError: when the store is unreachable or the run cannot be created.
+    """
+    check_reachable(cfg)
+    prepare_store(cfg)
+    return _open_run(cfg.replace(run_name=cfg.run_name or name), flatten_params(params),
+                     {"detune.kind": "study", **(tags or {})})
+
+
+def find_trial_run(cfg: TrackingConfig, *, parent_run_id: str, trial_id: str) -> str | None:
+    """The oldest child run of ``parent_run_id`` tagged ``detune.trial_id=trial_id``, or None."""
+    for value in (parent_run_id, trial_id):
+        if "'" in value:
+            raise ValueError(f"run and trial ids cannot contain quotes: {value!r}")
+    with _as_tracking_error(cfg, "cannot search trial runs"):
+        client = _client(cfg.uri)
+        exp = client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            return None
+        runs = client.search_runs([exp.experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+                                                f"AND tags.`detune.trial_id` = '{trial_id}'")
+    return str(runs[0].info.run_id) if runs else None
+
+
+def close_stopped_trial(cfg: TrackingConfig, *, parent_run_id: str, trial_id: str) -> str | None:
+    """Close the child run of a trial the scheduler stopped (its process was killed before ``finish``).
+
+    A child run still RUNNING is set FINISHED with tag ``detune.status=stopped``; a run the trial closed
+    itself is left alone. Returns the id of the run it closed, else None. Meant for a Ray callback: store
+    errors are logged as warnings, never raised.
+    """
+    try:
+        run_id = find_trial_run(cfg, parent_run_id=parent_run_id, trial_id=trial_id)
+        if run_id is None:
+            return None
+        with _as_tracking_error(cfg, f"cannot close the run of trial {trial_id}"):
+            client = _client(cfg.uri)
+            if client.get_run(run_id).info.status != "RUNNING":
+                return None
+            client.set_tag(run_id, "detune.status", "stopped")
+            client.set_terminated(run_id, "FINISHED")
+    except TrackingError as e:
+        log.warning("%s", e)
+        return None
+    return run_id
+
+
+def finish_run(cfg: TrackingConfig, run_id: str, *, status: str, metrics: Mapping[str, float] | None = None,
+               params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
+               artifacts: Sequence[Path] = ()) -> None:
+    """Log final metrics (at step 0), params, tags and artifacts (files or folders) and set the status.
+
+    Args:
+        status: FINISHED, FAILED, KILLED, or detune's completed / diverged / failed / killed.
+
+    Raises:
+        TrackingError: when the store stays unreachable for ``cfg.flush_timeout`` seconds.
+    """
+    mlstatus = _mlflow_status(status)
+    sender = _Sender(cfg, run_id)
+    sender._add(metrics or {}, 0)
+    sender._tags.update(_clean_tags(tags or {}))
+    deadline = time.monotonic() + cfg.flush_timeout
+    flat = flatten_params(params or {})
+    params_sent = sender._attempt(lambda: _log_params(sender.client, run_id, flat), deadline)
+    flushed = sender._flush(deadline)
+    missed = [str(p) for p in artifacts if not sender._upload(Path(p), None, deadline)]
+    report = sender._close(mlstatus, deadline, missed)
+    if not (params_sent and flushed and not missed and report["status_set"]):
+        raise TrackingError(f"could not finish run {run_id} in {redact(cfg.uri)} within "
+                            f"{cfg.flush_timeout:g} s ({'; '.join(report['errors'])}); "
+                            f"unlogged artifacts: {missed or 'none'}")
