@@ -126,6 +126,12 @@ class LRFinderResult:
             ax.axvline(found.lr, color="C3", linestyle="--", linewidth=1)
             ax.plot([self.lrs[found.index]], [self.smoothed[found.index]], "o", color="C3", markersize=8,
                     label=f"{method}: {found.lr:.3g}")
+        if smooth:  # the descent decides the scale; the divergence spike runs off the top
+            values = [s for _, s in smooth]
+            low = min(range(len(values)), key=values.__getitem__)
+            top = max(values[:low + 1]) if low > 0 else min(max(values), 4 * values[low])
+            pad = max(top - values[low], 1e-12 + 1e-3 * abs(top))
+            ax.set_ylim(values[low] - 0.1 * pad, top + 0.3 * pad)
         ax.set_xscale("log")
         ax.set_xlabel("learning rate (log scale)")
         ax.set_ylabel("training loss (box + cls + dfl)")

@@ -663,10 +663,11 @@ def find_trial_run(cfg: TrackingConfig, *, parent_run_id: str, trial_id: str) ->
     return str(runs[0].info.run_id) if runs else None
 
 
-def close_stopped_trial(cfg: TrackingConfig, *, parent_run_id: str, trial_id: str) -> str | None:
+def close_stopped_trial(cfg: TrackingConfig, *, parent_run_id: str, trial_id: str,
+                        status: str = "stopped") -> str | None:
     """Close the child run of a trial the scheduler stopped (its process was killed before ``finish``).
 
-    A child run still RUNNING is set FINISHED with tag ``detune.status=stopped``; a run the trial closed
+    A child run still RUNNING is set FINISHED with tag ``detune.status=<status>``; a run the trial closed
     itself is left alone. Returns the id of the run it closed, else None. Meant for a Ray callback: store
     errors are logged as warnings, never raised.
     """
@@ -678,7 +679,7 @@ def close_stopped_trial(cfg: TrackingConfig, *, parent_run_id: str, trial_id: st
             client = _client(cfg.uri)
             if client.get_run(run_id).info.status != "RUNNING":
                 return None
-            client.set_tag(run_id, "detune.status", "stopped")
+            client.set_tag(run_id, "detune.status", status)
             client.set_terminated(run_id, "FINISHED")
     except TrackingError as e:
         log.warning("%s", e)

@@ -165,8 +165,16 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             shutil.copytree(d, local, dirs_exist_ok=True)
         resume_from = local / "last.pt"
-        state = local / "detune_state.json"
-        restored_from = json.loads(state.read_text()).get("trial_id") if state.is_file() else None
+        state = json.loads((local / "detune_state.json").read_text())
+        restored_from = state.get("trial_id")
+        if restored_from == trial_id and state["epoch"] + 1 >= cfg.epochs:
+            # The driver died between this trial's last report and its return: nothing left to train.
+            if payload["tracking"] is not None:
+                from detune import tracking as tr
+
+                tr.close_stopped_trial(payload["tracking"], parent_run_id=payload["parent_run_id"],
+                                       trial_id=trial_id, status="completed")
+            return
     tracking = None
     if payload["tracking"] is not None:
         from dataclasses import replace

@@ -176,9 +176,9 @@ def test_lr_find_rejects_bad_input_before_any_compute() -> None:
 
 # ---- LRFinderResult --------------------------------------------------------------------------------------
 def result_of(lrs: list[float], losses: list[float], smoothing: float = 1.0) -> LRFinderResult:
+    settings = FinderSettings(min_lr=lrs[0], max_lr=lrs[-1], num_iters=len(lrs), smoothing=smoothing)
     return LRFinderResult(lrs=lrs, losses=losses, smoothed=smooth_losses(losses, smoothing),
-                          settings=FinderSettings(min_lr=lrs[0], max_lr=lrs[-1], num_iters=len(lrs),
-                                                  smoothing=smoothing), num_iters=len(lrs), config={"optimizer": "SGD"})
+                          settings=settings, num_iters=len(lrs), config={"optimizer": "SGD"})
 
 
 def test_result_suggestion_logs_the_reason_and_plot_marks_it(tmp_path: Path,
@@ -254,13 +254,14 @@ def test_sweep_defaults_to_one_epoch_and_throws_its_run_away(base_cfg: TrainConf
     assert result.lrs[0] == 1e-5 and result.lrs[-1] == pytest.approx(1e-1) and result.lrs == fake.lrs_applied
     assert result.stop_reason is None and result.suggestion() is not None
     cfg = fake.configs[0]  # the throw-away training config
-    assert cfg.epochs == 1 and cfg.nbs == cfg.batch == 4 and cfg.warmup_epochs == 0 and cfg.divergence_factor == 0
+    assert cfg.epochs == 1 and cfg.nbs == cfg.batch == 4 and cfg.warmup_epochs == 0
+    assert cfg.divergence_factor == 0 and cfg.scheduler is None
     assert cfg.extra["mosaic"] == 0.0 and cfg.extra["mixup"] == 0.0 and cfg.extra["plots"] is False
     assert cfg.extra["save"] is False and cfg.tracking is False and cfg.optimizer == "SGD"
     assert not Path(cfg.project).exists()  # the temp run folder is gone
     assert result.config == {"model": "yolo11n.yaml", "data": base_cfg.data, "optimizer": "SGD", "batch": 4,
-                             "imgsz": 64, "device": "cpu", "seed": 0, "momentum": 0.937, "weight_decay": 0.0005,
-                             "lr_mult": {}}
+                             "imgsz": 64, "device": "cpu", "seed": 0, "momentum": 0.937,
+                             "weight_decay": 0.0005, "lr_mult": {}}
 
 
 def test_sweep_past_one_epoch_and_with_augmentation(base_cfg: TrainConfig) -> None:
@@ -318,7 +319,7 @@ def test_train_lr0_auto_records_the_suggestion(base_cfg: TrainConfig, tmp_path: 
     result = training.run(cfg, fit=fake)
     finder = result.info["lr_finder"]
     assert finder["method"] == "steepest" and finder["suggestion"] == result.config["lr0"]
-    assert result.info["effective_lr0"] == finder["suggestion"] and fake.configs[-1].lr0 == finder["suggestion"]
+    assert result.info["effective_lr0"] == finder["suggestion"] == fake.configs[-1].lr0
     assert finder["plot"] == str(tmp_path / "run" / "lr_finder.png")
     assert Path(finder["plot"]).read_bytes()[:8] == PNG_MAGIC
     assert finder["points"] == 40 and finder["settings"]["min_lr"] == 1e-6
@@ -348,7 +349,7 @@ def test_suggest_for_study_records_nothing_global(base_cfg: TrainConfig, tmp_pat
     assert 3e-4 < suggest_for_study(study) < 3e-3
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "study").exists()
     monkeypatch.setattr("detune.adapters.ultralytics.fit", FakeFit(curve=lambda lr: 1.0 + lr))
-    with pytest.raises(TuneError, match="lr_finder but the LR finder gave no suggestion: the smoothed loss never"):
+    with pytest.raises(TuneError, match="the LR finder gave no suggestion: the smoothed loss never fell"):
         suggest_for_study(study)
 
 
@@ -359,7 +360,8 @@ def test_tracked_sweep_is_its_own_nested_mlflow_run(base_cfg: TrainConfig, tmp_p
     from detune import tracking
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    parent_cfg = tracking.TrackingConfig(uri=uri, experiment="lrf", tags={"detune.trial_id": "t1", "team": "cv"})
+    tags = {"detune.trial_id": "t1", "team": "cv"}
+    parent_cfg = tracking.TrackingConfig(uri=uri, experiment="lrf", tags=tags)
     parent = tracking.start_study_run(parent_cfg, name="study", params={"x": 1})
     result = range_test(base_cfg, FinderSettings(num_iters=100, smoothing=0.2),
                         tracking=parent_cfg.replace(parent_run_id=parent), fit=FakeFit())
@@ -384,7 +386,8 @@ def test_tracked_sweep_is_its_own_nested_mlflow_run(base_cfg: TrainConfig, tmp_p
 
 # ---- real sweeps (slow) ------------------------------------------------------------------------------------
 # 32 images at 32 px, batch 16: 2 optimizer steps per epoch, so 40 steps span 20 short epochs (~10 s).
-REAL = {"imgsz": 32, "batch": 16, "device": "cpu", "threads": 1, "num_iters": 40, "min_lr": 1e-4, "max_lr": 10.0}
+REAL = {"imgsz": 32, "batch": 16, "device": "cpu", "threads": 1, "num_iters": 40, "min_lr": 1e-4,
+        "max_lr": 10.0}
 
 
 @pytest.fixture(scope="module")
@@ -397,10 +400,12 @@ def detune_lr_find(data: Path, optimizer: str) -> LRFinderResult:
 
 
 @pytest.mark.slow
-def test_real_sweep_gives_a_finite_suggestion_in_range_and_a_plot(sgd_sweep: LRFinderResult, tmp_path: Path) -> None:
+def test_real_sweep_gives_a_finite_suggestion_in_range_and_a_plot(sgd_sweep: LRFinderResult,
+                                                                   tmp_path: Path) -> None:
     lr = sgd_sweep.suggestion()
     assert lr is not None and math.isfinite(lr) and REAL["min_lr"] <= lr <= REAL["max_lr"]
-    assert sgd_sweep.lrs[0] == REAL["min_lr"] and all(b > a for a, b in zip(sgd_sweep.lrs, sgd_sweep.lrs[1:]))
+    lrs = sgd_sweep.lrs
+    assert lrs[0] == REAL["min_lr"] and all(b > a for a, b in zip(lrs, lrs[1:], strict=False))
     assert all(math.isfinite(v) and v > 0 for v in sgd_sweep.losses[:-1])
     png = sgd_sweep.plot(tmp_path / "lr_finder.png")
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
@@ -427,8 +432,8 @@ def test_real_train_with_lr0_auto(tmp_path: Path) -> None:
     from detune.datasets import make_shapes
 
     data = make_shapes(tmp_path / "shapes", n_train=128, n_val=16, imgsz=32, seed=0)  # 16 batches of 8
-    result = detune.train(model="yolo11n.yaml", data=str(data), lr0="auto", epochs=1, batch=8, nbs=8, imgsz=32,
-                          device="cpu", threads=1, warmup_epochs=0.0, mosaic=0.0, plots=False,
+    result = detune.train(model="yolo11n.yaml", data=str(data), lr0="auto", epochs=1, batch=8, nbs=8,
+                          imgsz=32, device="cpu", threads=1, warmup_epochs=0.0, mosaic=0.0, plots=False,
                           project=str(tmp_path / "runs"), name="auto")
     assert result.status == "completed", result.reason
     finder = result.info["lr_finder"]

@@ -1,0 +1,136 @@
+"""Real studies: real Ultralytics trainings in Ray trials, logged to MLflow, through scripts/tune.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detune.config import load_config
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write_study(tmp_path: Path, shapes_yaml: Path, **changes) -> Path:
+    study = {
+        "name": "real", "output_dir": str(tmp_path / "out"),
+        "train": {"data": str(shapes_yaml), "epochs": 2, "batch": 8, "nbs": 8, "imgsz": 32, "fraction": 0.5,
+                  "device": "cpu", "warmup_epochs": 0.0, "mosaic": 0.0, "plots": False, "workers": 0},
+        "search_space": {"lr0": {"loguniform": [1.0e-3, 1.0e-1]}},
+        "search": "random", "trial_scheduler": "fifo", "num_samples": 2, "max_concurrent_trials": 1,
+        "resources_per_trial": {"cpu": 1}, "tracking": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        **changes,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix sockets live under it
+    return {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
+
+
+def _children(uri: str) -> tuple[list, list]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    parents = [r for r in runs if r.data.tags.get("detune.kind") == "study"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def test_scripts_tune_runs_a_real_study_into_mlflow(tmp_path: Path, shapes_yaml: Path) -> None:
+    study = _write_study(tmp_path, shapes_yaml)
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "tune.py"), "--config", str(study)],
+                         capture_output=True, text=True, env=_env(tmp_path), cwd=tmp_path, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "best config:" in out.stdout
+    best = tmp_path / "out" / "best.yaml"
+    cfg = load_config(best)  # detune.train accepts it
+    assert 1e-3 <= cfg.lr0 <= 1e-1 and cfg.epochs == 2
+    rows = list(csv.DictReader(open(tmp_path / "out" / "trials.csv")))
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parents, children = _children(uri)
+    assert len(parents) == 1 and len(children) == 2
+    client = MlflowClient(tracking_uri=uri)
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert child.info.status == "FINISHED"
+        points = client.get_metric_history(child.info.run_id, "metrics/mAP50-95")
+        assert [p.step for p in points] == [1, 2]
+    assert parents[0].info.status == "FINISHED"
+
+
+def _kill_ray_tree(ray_tmp: str) -> None:
+    """After a SIGKILL of the driver, Ray's daemons survive as orphans: end the ones of this test by PID."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline", "environ"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            env = proc.info["environ"] or {}
+            if ray_tmp in cmd or env.get("RAY_TMPDIR") == ray_tmp:
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+
+
+def test_sigkill_mid_study_then_resume_completes_without_reruns(tmp_path: Path, shapes_yaml: Path) -> None:
+    study = _write_study(tmp_path, shapes_yaml, num_samples=3,
+                         train={"data": str(shapes_yaml), "epochs": 3, "batch": 8, "nbs": 8, "imgsz": 32,
+                                "fraction": 0.5, "device": "cpu", "warmup_epochs": 0.0, "mosaic": 0.0,
+                                "plots": False, "workers": 0})
+    env = _env(tmp_path)
+    cmd = [sys.executable, str(REPO / "scripts" / "tune.py"), "--config", str(study)]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path,
+                              start_new_session=True)
+    experiment = tmp_path / "out" / "ray" / "real"
+    finished: dict[str, float] = {}
+    deadline = time.time() + 600
+    try:
+        # wait until one trial has finished all 3 epochs and another has reported at least one
+        while time.time() < deadline:
+            results = {}
+            for f in experiment.glob("*/result.json"):
+                lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+                results[f.parent.name] = lines
+            done = {k: v for k, v in results.items() if v and v[-1].get("epoch") == 3}
+            running = [k for k, v in results.items() if v and v[-1].get("epoch", 0) < 3]
+            if done and running:
+                finished = {v[-1]["detune_trial_id"]: max(x["metrics/mAP50-95"] for x in v) for v in done.values()}
+                break
+            assert driver.poll() is None, "the study ended before it could be killed"
+            time.sleep(0.5)
+        assert finished, "no trial finished in time"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    finally:
+        _kill_ray_tree(env["RAY_TMPDIR"])
+
+    out = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=_env(tmp_path), cwd=tmp_path,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "trials.csv")))
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"completed"}
+    for trial_id, metric in finished.items():  # finished trials were not rerun: same results
+        row = next(r for r in rows if r["trial_id"] == trial_id)
+        assert float(row["best_metric"]) == pytest.approx(metric)
+    parents, children = _children(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(parents) == 1 and len(children) == 3  # reused, not duplicated
+    assert {c.data.tags["detune.trial_id"] for c in children} == {r["trial_id"] for r in rows}
