@@ -8,6 +8,7 @@ variables at import time. The user's own Ultralytics settings file is never read
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -48,6 +49,9 @@ _ULTRALYTICS_SETTINGS = {
 }
 
 
+_CHATTY_LOGGERS = ("mlflow", "alembic", "optuna", "ray.tune", "ray.train")
+
+
 def home() -> Path:
     """detune's own state directory: ``$DETUNE_HOME`` or ``~/.cache/detune``."""
     return Path(os.environ.get("DETUNE_HOME") or Path.home() / ".cache" / "detune").expanduser().resolve()
@@ -83,6 +87,8 @@ def prepare(*, verbose: bool = False) -> Path:
     os.environ.setdefault("RAY_TMPDIR", "/tmp/ray")
     if not verbose:
         os.environ.setdefault("YOLO_VERBOSE", "false")
+        for name in _CHATTY_LOGGERS:  # INFO lines such as "Creating initial MLflow database tables..."
+            logging.getLogger(name).setLevel(logging.WARNING)
     return config_dir
 
 

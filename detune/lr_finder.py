@@ -242,14 +242,18 @@ def range_test(cfg: TrainConfig, settings: FinderSettings | None = None, *, trac
     data_yaml = resolve_data(cfg.data)
     dataset = check_dataset(data_yaml)
     recorded = {k: v for k, v in cfg.to_dict().items() if k in _RECORDED}
-    with tempfile.TemporaryDirectory(prefix="detune-lr-find-") as tmp:
+    if fit is None:
+        from detune.adapters import ultralytics as adapter
+
+        fit = adapter.fit
+    with tempfile.TemporaryDirectory(prefix="detune-lr-find-", ignore_cleanup_errors=True) as tmp:
         fcfg = finder_config(cfg, settings, project=Path(tmp), train_images=dataset.train_images)
         logger = _open_run(track, settings, recorded, dataset.summary()) if track is not None else None
         probe = _RangeTest(settings)
-        if fit is None:
-            from detune.adapters.ultralytics import fit
+        # absolute paths: Ultralytics resolves a relative `path:` against the CWD, not the YAML's folder
+        abs_yaml = dataset.write_yaml(Path(tmp) / "data.yaml")
         try:
-            outcome = fit(fcfg, data_yaml, observer=probe, probe=probe)
+            outcome = fit(fcfg, abs_yaml, observer=probe, probe=probe)
         except BaseException as e:  # KeyboardInterrupt -> KILLED, setup errors -> FAILED; then re-raised
             if logger is not None:
                 logger.abort(e)

@@ -216,7 +216,7 @@ class _TrialState:
 # The driver
 # ---------------------------------------------------------------------------------------------------------
 def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *, resume: bool = False,
-         address: str | None = None, fit: Any = None, **overrides: Any) -> StudyResult:
+         address: str | None = None, progress: Any = None, fit: Any = None, **overrides: Any) -> StudyResult:
     """Run (or resume) a Ray Tune study over YOLO learning-rate settings.
 
     Args:
@@ -224,6 +224,9 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
             ``train.epochs=3``).
         resume: continue the interrupted study in ``storage_path`` (finished trials are not rerun).
         address: an existing Ray cluster (``auto`` or ``ray://host:10001``); default: a local Ray.
+        progress: called on the driver with one row per trial (trial_id, status, params, epoch, metric,
+            best) whenever a trial starts, reports or ends; the CLI draws its live table from it.
+        fit: replaces the Ultralytics adapter in trials (tests use ``detune._fake.fit``).
 
     Returns a ``StudyResult``; ``best.yaml`` and ``trials.csv`` are written to ``output_dir``.
     Raises ``ConfigError`` for a bad study (before Ray starts) and ``TuneError`` when it cannot run.
@@ -248,7 +251,7 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
         "gpu": study.resources_per_trial["gpu"], "cpu": study.resources_per_trial["cpu"], "metric": study.metric,
         "mode": study.mode, "tracking": tcfg, "parent_run_id": parent_run_id, "fit": fit,
     }
-    grid = _run_ray(study, payload, resume=resume, address=address)
+    grid = _run_ray(study, payload, resume=resume, address=address, progress=progress)
     result = summarize(study, grid, parent_run_id=parent_run_id)
     if tcfg is not None:
         tr.finish_run(tcfg, parent_run_id, status="FINISHED", metrics=_best_metrics(study, result),
@@ -291,7 +294,8 @@ def _study_params(study: StudyConfig) -> dict[str, Any]:
     return out
 
 
-def _run_ray(study: StudyConfig, payload: dict[str, Any], *, resume: bool, address: str | None) -> Any:
+def _run_ray(study: StudyConfig, payload: dict[str, Any], *, resume: bool, address: str | None,
+             progress: Any = None) -> Any:
     import ray
     from ray import tune
 
@@ -319,10 +323,12 @@ def _run_ray(study: StudyConfig, payload: dict[str, Any], *, resume: bool, addre
                 raise TuneError(f"study {study.name!r} already exists in {experiment}; pass --resume to continue "
                                 "it, or choose another name / delete that folder")
             tuner = _new_tuner(study, trainable, payload["tracking"], payload["parent_run_id"])
+        _PROGRESS["current"] = progress
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*reuse_actors.*")  # function trainables cannot reset
             return tuner.fit()
     finally:
+        _PROGRESS.pop("current", None)
         if started:
             ray.shutdown()
 
@@ -345,7 +351,7 @@ def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str
                                   checkpoint_config=tune.CheckpointConfig(
                                       num_to_keep=4 if study.trial_scheduler == "pbt" else 2),
                                   failure_config=tune.FailureConfig(max_failures=0),
-                                  callbacks=[_child_closer(tcfg, parent_run_id)]),
+                                  callbacks=[_driver_callback(study, tcfg, parent_run_id)]),
     )
 
 
@@ -357,20 +363,64 @@ def _lr_suggestion(study: StudyConfig, dim: Dim) -> float | None:
     return suggest_for_study(study)
 
 
-def _child_closer(tcfg: Any, parent_run_id: str | None) -> Any:
-    """Driver-side Ray callback: a trial the scheduler stopped is killed mid-epoch, so its MLflow child
-    run is closed here (FINISHED, tag detune.status=stopped); runs the trial closed itself are left alone."""
+# Ray pickles its callbacks into the experiment (and restores them on --resume), so the callback looks the
+# progress sink up here by a fixed key instead of holding it (a live terminal display does not pickle).
+_PROGRESS: dict[str, Any] = {}
+
+
+def _driver_callback(study: StudyConfig, tcfg: Any, parent_run_id: str | None) -> Any:
+    """Driver-side Ray callback. It closes the MLflow child run of a trial the scheduler stopped (that trial
+    was killed mid-epoch: FINISHED, tag detune.status=stopped; runs a trial closed itself are left alone),
+    and feeds ``progress`` one row per trial (trial_id, status, params, epoch, metric, best) as results come."""
     from ray import tune
 
-    class ChildCloser(tune.Callback):  # type: ignore[misc]
+    sign = 1 if study.mode == "max" else -1
+
+    class DriverCallback(tune.Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.rows: dict[str, dict[str, Any]] = {}
+
+        def _update(self, trial: Any, status: str, result: Mapping[str, Any] | None = None) -> None:
+            row = self.rows.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "status": "pending",
+                                                        "params": dict(trial.config), "epoch": 0,
+                                                        "metric": None, "best": None})
+            row["status"] = status
+            if result:
+                value = result.get(study.metric)
+                row["epoch"] = int(result.get("epoch", row["epoch"]) or row["epoch"])
+                row["metric"] = value
+                if isinstance(value, (int, float)) and math.isfinite(value) and (
+                        row["best"] is None or sign * value > sign * row["best"]):
+                    row["best"] = value
+                if result.get("detune_status") == "diverged":
+                    row["status"] = "diverged"
+            from detune import tuning  # the live module, not a pickled copy of its globals
+
+            sink = tuning._PROGRESS.get("current")
+            if sink is not None:
+                sink([dict(r) for r in self.rows.values()])
+
+        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._update(trial, "running")
+
+        def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
+                            **info: Any) -> None:
+            self._update(trial, "running", result)
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._update(trial, "failed")
+
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            if tcfg is None or parent_run_id is None:
-                return
-            from detune import tracking as tr
+            row = self.rows.get(trial.trial_id, {})
+            done = row.get("epoch", 0) >= study.train.epochs or row.get("status") == "diverged"
+            self._update(trial, row.get("status") if row.get("status") == "diverged" else
+                         "completed" if done else "stopped")
+            if tcfg is not None and parent_run_id is not None:
+                from detune import tracking as tr
 
-            tr.close_stopped_trial(tcfg, parent_run_id=parent_run_id, trial_id=trial.trial_id)
+                tr.close_stopped_trial(tcfg, parent_run_id=parent_run_id, trial_id=trial.trial_id)
 
-    return ChildCloser()
+    return DriverCallback()
 
 
 def _atomic_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -77,18 +77,21 @@ def test_scripts_tune_runs_a_real_study_into_mlflow(tmp_path: Path, shapes_yaml:
     assert parents[0].info.status == "FINISHED"
 
 
-def _kill_ray_tree(ray_tmp: str) -> None:
-    """After a SIGKILL of the driver, Ray's daemons survive as orphans: end the ones of this test by PID."""
+def _kill_new_ray_processes(before: set[int]) -> None:
+    """After a SIGKILL of the driver, Ray's daemons survive as orphans (DashboardAgent, RuntimeEnvAgent
+    rename themselves and ignore SIGTERM): kill the Ray processes this test started, by PID."""
     import psutil
 
-    for proc in psutil.process_iter(["pid", "cmdline", "environ"]):
-        try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-            env = proc.info["environ"] or {}
-            if ray_tmp in cmd or env.get("RAY_TMPDIR") == ray_tmp:
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+    mine = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        if proc.pid in before or proc.pid in mine:
             continue
+        text = f"{proc.info['name']} {' '.join(proc.info['cmdline'] or [])}"
+        if "ray" in text:
+            try:
+                proc.kill()
+            except psutil.Error:
+                continue
 
 
 def test_sigkill_mid_study_then_resume_completes_without_reruns(tmp_path: Path, shapes_yaml: Path) -> None:
@@ -96,7 +99,10 @@ def test_sigkill_mid_study_then_resume_completes_without_reruns(tmp_path: Path, 
                          train={"data": str(shapes_yaml), "epochs": 3, "batch": 8, "nbs": 8, "imgsz": 32,
                                 "fraction": 0.5, "device": "cpu", "warmup_epochs": 0.0, "mosaic": 0.0,
                                 "plots": False, "workers": 0})
+    import psutil
+
     env = _env(tmp_path)
+    before = set(psutil.pids())
     cmd = [sys.executable, str(REPO / "scripts" / "tune.py"), "--config", str(study)]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path,
                               start_new_session=True)
@@ -121,7 +127,9 @@ def test_sigkill_mid_study_then_resume_completes_without_reruns(tmp_path: Path, 
         driver.send_signal(signal.SIGKILL)
         driver.wait()
     finally:
-        _kill_ray_tree(env["RAY_TMPDIR"])
+        if driver.poll() is None:
+            driver.kill()
+        _kill_new_ray_processes(before)
 
     out = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=_env(tmp_path), cwd=tmp_path,
                          timeout=900)
@@ -134,3 +142,4 @@ def test_sigkill_mid_study_then_resume_completes_without_reruns(tmp_path: Path, 
     parents, children = _children(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert len(parents) == 1 and len(children) == 3  # reused, not duplicated
     assert {c.data.tags["detune.trial_id"] for c in children} == {r["trial_id"] for r in rows}
+    assert all(c.info.status == "FINISHED" for c in children)

@@ -38,8 +38,12 @@ def test_asha_stops_bad_trials_early(tmp_path: Path, shapes_yaml: Path) -> None:
     study = _study(tmp_path, shapes_yaml, trial_scheduler="asha",
                    search_space={"lr0": {"grid": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]}},
                    search="grid", trial_scheduler_params={"grace_period": 1, "reduction_factor": 2}, num_samples=1)
-    result = tune(study, fit=_fake.fit)
+    snapshots: list[list[dict]] = []
+    result = tune(study, fit=_fake.fit, progress=snapshots.append)
     statuses = [t["status"] for t in result.trials]
+    final = {r["trial_id"]: r for r in snapshots[-1]}  # the live progress rows agree with trials.csv
+    assert {t["trial_id"]: t["status"] for t in result.trials} == {k: r["status"] for k, r in final.items()}
+    assert any(r["status"] == "running" for snap in snapshots for r in snap)
     assert len(result.trials) == 8
     assert "stopped" in statuses and "completed" in statuses
     assert result.best_params["lr0"] == pytest.approx(1e-2)
