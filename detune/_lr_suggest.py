@@ -135,28 +135,45 @@ def smooth_losses(losses: Sequence[float], smoothing: float = 0.05) -> list[floa
     return [smoother.update(float(v)) for v in losses]
 
 
-def stop_reason(iteration: int, loss: float, smoothed: float, best: float,
-                stop_factor: float | None) -> str | None:
-    """Why the sweep must stop after this point, or None: a non-finite loss, or the smoothed loss above
-    ``stop_factor`` x ``best`` (the minimum of the smoothed losses before this point)."""
-    if not math.isfinite(loss):
-        return f"loss is {loss} at iteration {iteration}"
-    if stop_factor is not None and math.isfinite(best) and smoothed > stop_factor * best:
-        return (f"smoothed loss {smoothed:.4g} exceeded {stop_factor:g} x its minimum {best:.4g} "
-                f"at iteration {iteration}")
-    return None
+class StopRule:
+    """The divergence stop: a non-finite loss at once; after ``warmup`` points, the smoothed loss above
+    ``stop_factor`` x its minimum since then. The warmup (``stop_warmup``: the points the suggestions skip
+    too) keeps one unusually easy first batch, common with YOLO's per-batch loss, from ending the sweep."""
+
+    def __init__(self, stop_factor: float | None, warmup: int = 0) -> None:
+        self.stop_factor, self.warmup = stop_factor, warmup
+        self.best = math.inf
+
+    def check(self, iteration: int, loss: float, smoothed: float) -> str | None:
+        """Why the sweep must stop after this point, or None."""
+        if not math.isfinite(loss):
+            return f"loss is {loss} at iteration {iteration}"
+        if iteration < self.warmup:
+            return None
+        if self.stop_factor is not None and smoothed > self.stop_factor * self.best:
+            return (f"smoothed loss {smoothed:.4g} exceeded {self.stop_factor:g} x its minimum "
+                    f"{self.best:.4g} at iteration {iteration}")
+        self.best = min(self.best, smoothed)
+        return None
 
 
-def find_stop(losses: Sequence[float], smoothing: float = 0.05,
-              stop_factor: float | None = 4.0) -> tuple[int | None, str | None]:
-    """Replay the stop rule over a finished curve: the index the sweep would have stopped at, and why."""
-    smoother, best = LossSmoother(smoothing), math.inf
+def stop_warmup(num_iters: int) -> int:
+    """Points at the start of a sweep of ``num_iters`` that the factor rule ignores."""
+    return trim(num_iters)[0]
+
+
+def find_stop(losses: Sequence[float], smoothing: float = 0.05, stop_factor: float | None = 4.0,
+              warmup: int = 0) -> tuple[int | None, str | None]:
+    """Replay the stop rule over a curve: the index the sweep stops at (None: it runs to the end), and why.
+
+    >>> find_stop([2.0, 1.0, 1.0, 5.0], smoothing=1.0)
+    (3, 'smoothed loss 5 exceeded 4 x its minimum 1 at iteration 3')
+    """
+    smoother, rule = LossSmoother(smoothing), StopRule(stop_factor, warmup)
     for i, loss in enumerate(losses):
-        smoothed = smoother.update(float(loss))
-        reason = stop_reason(i, float(loss), smoothed, best, stop_factor)
+        reason = rule.check(i, float(loss), smoother.update(float(loss)))
         if reason is not None:
             return i, reason
-        best = min(best, smoothed)
     return None, None
 
 

@@ -26,6 +26,7 @@ _ENV = {
     "HF_HUB_OFFLINE": "1",
     "TQDM_DISABLE": "1",
 }
+_QUIET_ENV = {"MLFLOW_LOGGING_LEVEL": "WARNING"}  # mlflow resets its logger level at import
 
 # Ultralytics rewrites a settings file whose keys or types differ from its schema, so keep all of them.
 _ULTRALYTICS_SETTINGS = {
@@ -49,6 +50,7 @@ _ULTRALYTICS_SETTINGS = {
 }
 
 
+_STATE = {"verbose": False}
 _CHATTY_LOGGERS = ("mlflow", "alembic", "optuna", "ray.tune", "ray.train")
 
 
@@ -85,11 +87,21 @@ def prepare(*, verbose: bool = False) -> Path:
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     os.environ.setdefault("MPLCONFIGDIR", str(root / "matplotlib"))
     os.environ.setdefault("RAY_TMPDIR", "/tmp/ray")
+    _STATE["verbose"] = verbose
     if not verbose:
         os.environ.setdefault("YOLO_VERBOSE", "false")
-        for name in _CHATTY_LOGGERS:  # INFO lines such as "Creating initial MLflow database tables..."
-            logging.getLogger(name).setLevel(logging.WARNING)
+        for key, value in _QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+        quiet_loggers()
     return config_dir
+
+
+def quiet_loggers() -> None:
+    """INFO chatter such as Optuna's "A new study created": called again after those libraries are
+    imported, since they set their own logger levels at import time."""
+    if not _STATE["verbose"]:
+        for name in _CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -74,9 +74,9 @@ class DatasetInfo:
 
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(
-            yaml.safe_dump(self.to_ultralytics(), sort_keys=False, allow_unicode=True), encoding="utf-8"
-        )
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")  # atomic: parallel trials write the same file
+        tmp.write_text(yaml.safe_dump(self.to_ultralytics(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+        tmp.replace(dest)
         return dest
 
 

@@ -30,9 +30,10 @@ from detune._lr_suggest import (
     FinderSettings,
     LossSmoother,
     Mode,
+    StopRule,
     Suggestion,
     lr_at,
-    stop_reason,
+    stop_warmup,
     suggest,
 )
 from detune.config import TrainConfig, load_config
@@ -166,12 +167,13 @@ class _RangeTest:
         self.losses: list[float] = []
         self.smoothed: list[float] = []
         self.smoother = LossSmoother(settings.smoothing)
-        self.best = math.inf
+        self.rule = StopRule(settings.stop_factor, stop_warmup(settings.num_iters or 0))
         self.stop_reason: str | None = None
 
     def on_start(self, info: Mapping[str, Any]) -> None:
         if self.num_iters is None:  # one epoch: the adapter knows the real number of batches
             self.num_iters = max(1, int(info.get("batches_per_epoch") or 1))
+            self.rule.warmup = stop_warmup(self.num_iters)
 
     def lr(self, step: int) -> float:
         s = self.settings
@@ -183,8 +185,7 @@ class _RangeTest:
         self.lrs.append(self.lr(i))
         self.losses.append(float(loss))
         self.smoothed.append(smoothed)
-        self.stop_reason = stop_reason(i, loss, smoothed, self.best, self.settings.stop_factor)
-        self.best = min(self.best, smoothed) if math.isfinite(smoothed) else self.best
+        self.stop_reason = self.rule.check(i, loss, smoothed)
         return self.stop_reason is not None or len(self.losses) >= (self.num_iters or 0)
 
     def diverged(self, reason: str | None) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detune.config import TrainConfig, load_config, schedule_kwargs
-from detune.errors import AdapterError
+from detune.errors import AdapterError, ConfigError
 
 if TYPE_CHECKING:
     from detune.tracking import TrackingConfig
@@ -70,13 +70,38 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def resolve_data(data: str) -> Path:
-    """A data YAML path, or ``"shapes"``: the generated dataset, made once under detune's home."""
-    if data == "shapes":
-        from detune import _runtime
-        from detune.datasets import make_shapes
+    """A data YAML path, or ``shapes[:key=value,...]``: the generated dataset (``make_shapes`` arguments,
+    e.g. ``shapes:imgsz=64,n_train=256``), made once under detune's home and reused."""
+    name, _, spec = str(data).partition(":")
+    if name != "shapes":
+        return Path(data).expanduser().resolve()
+    import inspect
 
-        return make_shapes(_runtime.home() / "datasets" / "shapes")
-    return Path(data).expanduser().resolve()
+    from detune import _runtime
+    from detune.config import safe_load
+    from detune.datasets import make_shapes
+
+    valid = [p for p in inspect.signature(make_shapes).parameters if p != "root"]
+    overrides: dict[str, Any] = {}
+    for pair in filter(None, spec.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep or key.strip() not in valid:
+            raise ConfigError(f"data ({data!r}): {pair!r} is not key=value with a key in {', '.join(valid)}; "
+                              "use e.g. data: shapes:imgsz=64,n_train=256")
+        overrides[key.strip()] = safe_load(value)
+    tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items())) or "default"
+    return make_shapes(_runtime.home() / "datasets" / f"shapes-{tag}", **overrides)
+
+
+def _absolute_data_yaml(dataset: Any) -> Path:
+    """The checked dataset as a YAML with absolute paths, so Ultralytics resolves exactly what
+    ``check_dataset`` checked, from any working directory (a Ray trial's too)."""
+    import hashlib
+
+    from detune import _runtime
+
+    key = hashlib.sha1(str(dataset.yaml_path).encode()).hexdigest()[:12]
+    return dataset.write_yaml(_runtime.home() / "data" / f"{dataset.yaml_path.stem}-{key}.yaml")
 
 
 def train(config: str | os.PathLike[str] | Mapping[str, Any] | TrainConfig | None = None, /,
@@ -114,7 +139,12 @@ class _Fanout:
 
     def __getattr__(self, name: str) -> Any:
         fns = [getattr(o, name) for o in self.observers if hasattr(o, name)]
-        return lambda *args: [fn(*args) for fn in fns] and None
+
+        def call(*args: Any) -> None:
+            for fn in fns:
+                fn(*args)
+
+        return call
 
 
 def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | None = None,
@@ -139,8 +169,8 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
         from detune.lr_finder import resolve_auto_lr0
 
         cfg, finder = resolve_auto_lr0(cfg, tracking=track, fit=fit)
-    data_yaml = resolve_data(cfg.data)
-    dataset = check_dataset(data_yaml)
+    dataset = check_dataset(resolve_data(cfg.data))
+    data_yaml = _absolute_data_yaml(dataset)
     logger = None
     if track is not None:
         logger = tracking_mod.open_training_run(track, config=resolved_config(cfg), dataset=dataset.summary(),

@@ -63,6 +63,7 @@ def _search_alg(study: StudyConfig, space: dict[str, Any]) -> Any:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
+        _runtime.quiet_loggers()
         params = dict(study.search_params)
         sampler = optuna.samplers.TPESampler(seed=study.seed, **params.pop("sampler", {}))
         return OptunaSearch(sampler=sampler, **params)

@@ -18,6 +18,7 @@ from detune._lr_suggest import (
     find_stop,
     lr_at,
     smooth_losses,
+    stop_warmup,
     suggest,
     trim,
 )
@@ -73,6 +74,17 @@ def test_stop_rule_on_factor_and_non_finite_loss() -> None:
     assert index == 2 and reason == "loss is nan at iteration 2"
     assert find_stop([1.0, math.inf])[0] == 1
     assert find_stop([1.0, 1.0, 100.0], smoothing=1.0, stop_factor=None) == (None, None)
+
+
+def test_stop_rule_ignores_an_easy_first_batch_during_its_warmup() -> None:
+    # YOLO's per-batch loss varies a lot at small batch: one easy first batch must not end the sweep.
+    losses = [0.9, 15.0, 14.0, 14.5, 13.0, 12.0, 12.5, 11.0, 30.0, 80.0]
+    assert find_stop(losses, smoothing=0.05)[0] == 1  # without a warmup: stopped at once
+    index, reason = find_stop(losses, smoothing=0.05, warmup=stop_warmup(100))
+    assert index is None and reason is None
+    assert stop_warmup(100) == 10 and stop_warmup(40) == 4 and stop_warmup(8) == 0
+    index, reason = find_stop([*losses, 1e4], smoothing=0.5, warmup=2)  # later divergence still stops it
+    assert index is not None and "exceeded 4 x its minimum" in reason
 
 
 def test_steepest_finds_the_known_inflection_of_a_u_curve() -> None:
