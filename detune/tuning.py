@@ -236,7 +236,11 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
     _runtime.prepare()
     from detune import tracking as tr
 
-    study.output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        study.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TuneError(f"output_dir ({study.output_dir}) cannot be created: {e.strerror or e}; choose a writable "
+                        "folder with output_dir=...") from e
     state_file = study.output_dir / STUDY_STATE
     state = json.loads(state_file.read_text()) if resume and state_file.is_file() else {}
     tcfg = tr.resolve_tracking(study.tracking, default_experiment=study.name)

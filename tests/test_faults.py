@@ -1,0 +1,155 @@
+"""The fault matrix (README "What happens when"): each row a test that fails if the behaviour regresses."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from detune import _fake, study_files
+from detune.errors import ConfigError, TrackingError, TuneError
+from detune.tuning import tune
+
+pytestmark = pytest.mark.slow
+
+
+def _study(tmp_path: Path, shapes_yaml: Path, **changes) -> dict:
+    base = {
+        "name": "f", "output_dir": str(tmp_path / "out"),
+        "train": {"data": str(shapes_yaml), "epochs": 3, "device": "cpu", "imgsz": 32, "warmup_epochs": 0.0},
+        "search_space": {"lr0": {"grid": [0.01, 0.7, 2.0]}}, "search": "grid", "trial_scheduler": "fifo",
+        "num_samples": 1, "max_concurrent_trials": 2, "resources_per_trial": {"cpu": 1},
+        "tracking": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    return {**base, **changes}
+
+
+def _runs(uri: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_unknown_search_and_trial_scheduler_fail_before_compute(tmp_path: Path, shapes_yaml: Path) -> None:
+    with pytest.raises(ConfigError, match=r"search \('tpe'\) must be one of random, grid, optuna"):
+        tune(_study(tmp_path, shapes_yaml, search="tpe"))
+    with pytest.raises(ConfigError, match=r"trial_scheduler \('pbt2'\)"):
+        tune(_study(tmp_path, shapes_yaml, trial_scheduler="pbt2"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_diverged_and_failed_trials_are_tagged_in_mlflow_and_the_study_goes_on(tmp_path: Path,
+                                                                             shapes_yaml: Path) -> None:
+    result = tune(_study(tmp_path, shapes_yaml), fit=_fake.fit)
+    statuses = sorted(t["status"] for t in result.trials)
+    assert statuses == ["completed", "diverged", "failed"]
+    children = [r for r in _runs(f"sqlite:///{tmp_path / 'mlflow.db'}") if "mlflow.parentRunId" in r.data.tags]
+    by_status = {r.data.tags.get("detune.status"): r for r in children}
+    assert by_status["diverged"].info.status == "FINISHED" and "nan" in by_status["diverged"].data.tags[
+        "detune.reason"]
+    assert by_status["failed"].info.status == "FAILED" and "out of memory" in by_status["failed"].data.tags[
+        "detune.reason"]
+    assert by_status["completed"].info.status == "FINISHED"
+
+
+def test_eight_concurrent_trials_lose_no_metric_point(tmp_path: Path, shapes_yaml: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default local store (sqlite in the working directory) with 8 trials logging at once."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    study = _study(tmp_path, shapes_yaml, tracking=True, num_samples=8, max_concurrent_trials=8,
+                   search="random", search_space={"lr0": {"loguniform": [1e-3, 1e-1]}},
+                   resources_per_trial={"cpu": 0.25}, train={"data": str(shapes_yaml), "epochs": 4,
+                                                              "device": "cpu", "imgsz": 32, "warmup_epochs": 0.0})
+    result = tune(study, fit=_fake.fit)
+    assert [t["status"] for t in result.trials] == ["completed"] * 8
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    children = [r for r in _runs(uri) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 8
+    for child in children:
+        for key in ("metrics/mAP50-95", "train/box_loss", "lr/pg0", "fitness"):
+            assert [p.step for p in client.get_metric_history(child.info.run_id, key)] == [1, 2, 3, 4]
+        assert len(client.get_metric_history(child.info.run_id, "lr_step/pg0")) == 4 * _fake.STEPS_PER_EPOCH
+
+
+def test_tracking_server_down_at_start_fails_before_ray(tmp_path: Path, shapes_yaml: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.time()
+    with pytest.raises(TrackingError, match=f"127.0.0.1:{port}"):
+        tune(_study(tmp_path, shapes_yaml, tracking=f"http://127.0.0.1:{port}"), fit=_fake.fit)
+    assert time.time() - started < 30
+    assert not (tmp_path / "out" / "ray").exists()
+
+
+def test_unwritable_output_dir_is_a_clear_error(tmp_path: Path, shapes_yaml: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(TuneError, match=r"output_dir .* cannot be created"):
+        tune(_study(tmp_path, shapes_yaml, output_dir=str(blocker / "out")), fit=_fake.fit)
+
+
+def test_disk_full_leaves_no_partial_best_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "best.yaml"
+    real_write = Path.write_text
+
+    def full(self: Path, text: str, *args, **kwargs):
+        real_write(self, text[: len(text) // 2])  # a partial write, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(TuneError, match=r"could not write .*best.yaml: No space left on device"):
+        study_files.write_atomic(target, "model: yolo11n.yaml\n" * 10)
+    monkeypatch.undo()
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+SIGINT_DRIVER = textwrap.dedent(
+    """
+    import sys
+    from detune import _fake
+    from detune.tuning import tune
+    study = {"name": "sig", "output_dir": sys.argv[1] + "/out",
+             "train": {"data": sys.argv[2], "epochs": 3, "device": "cpu", "imgsz": 32, "warmup_epochs": 0.0},
+             "search_space": {"lr0": {"grid": [0.001, 0.01, 0.02]}}, "search": "grid",
+             "trial_scheduler": "fifo", "num_samples": 1, "max_concurrent_trials": 1,
+             "tracking": "sqlite:///" + sys.argv[1] + "/mlflow.db"}
+    result = tune(study, resume=len(sys.argv) > 3, fit=_fake.fit)
+    print(sorted(t["status"] for t in result.trials))
+    """
+)
+
+
+def test_sigint_mid_study_then_resume_completes(tmp_path: Path, shapes_yaml: Path) -> None:
+    script = tmp_path / "driver.py"
+    script.write_text(SIGINT_DRIVER)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(shapes_yaml)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    experiment = tmp_path / "out" / "ray" / "sig"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(experiment.glob("*/checkpoint_*")):
+        assert driver.poll() is None, driver.stderr.read()[-2000:]
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    driver.communicate(timeout=300)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path), str(shapes_yaml), "resume"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == str(["completed"] * 3)
+    children = [r for r in _runs(f"sqlite:///{tmp_path / 'mlflow.db'}") if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 3 and len({r.data.tags["detune.trial_id"] for r in children}) == 3
