@@ -17,6 +17,11 @@ _EXPORTS = {
     "TrainConfig": "detune.config",
     "load_config": "detune.config",
     "DetuneWarning": "detune.config",
+    "tune": "detune.tuning",
+    "StudyResult": "detune.study_files",
+    "load_study": "detune.study",
+    "lr_find": "detune.lr_finder",
+    "LRFinderResult": "detune.lr_finder",
     "make_shapes": "detune.datasets",
     "check_dataset": "detune.datasets",
     "DatasetInfo": "detune.datasets",
@@ -34,7 +39,11 @@ if TYPE_CHECKING:
     from detune.config import DetuneWarning, TrainConfig, load_config
     from detune.datasets import DatasetInfo, check_dataset, make_shapes
     from detune.errors import AdapterError, ConfigError, DatasetError, DetuneError, TrackingError, TuneError
+    from detune.lr_finder import LRFinderResult, lr_find
+    from detune.study import load_study
+    from detune.study_files import StudyResult
     from detune.training import TrainResult, train
+    from detune.tuning import tune
 
 
 def __getattr__(name: str) -> Any:

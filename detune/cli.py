@@ -1,51 +1,90 @@
-"""The ``detune`` command line: parse, load config, call the library, turn errors into one message."""
+"""The ``detune`` command line: parse, load config, call the library, turn errors into one message.
+
+Exit codes: 0 done, 1 a detune error (one message, no traceback unless --debug), 2 a usage error,
+130 interrupted (a study stays resumable). Results go to stdout; progress, warnings and errors to stderr;
+what Ultralytics, Ray and MLflow print goes to a ``detune.log`` unless --verbose.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import signal
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
-from detune.errors import DetuneError
+from detune.errors import ConfigError, DetuneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  pretty_exceptions_show_locals=False,
                   help="Learning-rate control and tuning for Ultralytics YOLO, logged to MLflow.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate or check datasets.")
 app.add_typer(data_app, name="data")
 
-ConfigArg = Annotated[Optional[str], typer.Argument(help="YAML config; key=value overrides may follow it.")]
-Overrides = Annotated[Optional[list[str]], typer.Argument(help="Ultralytics-style key=value overrides.")]
+ConfigArg = Annotated[str | None, typer.Argument(help="YAML config; key=value overrides may follow it.",
+                                                    show_default=False)]
+Overrides = Annotated[list[str] | None, typer.Argument(help="Ultralytics-style key=value overrides.",
+                                                          show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Let Ultralytics and Ray print their logs.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress: only the final summary.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Let Ultralytics and Ray print their own "
+                                          "logs (default: into detune.log).")]
+INTERRUPTED = 130
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}" if code == 1 else message, err=True)
+    raise typer.Exit(code)
 
 
-def _guard(fn: Callable[[], Any], debug: bool) -> Any:
-    """Run ``fn``; a detune error (or bad value) becomes one message and exit code 1, no traceback."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+def _guard(fn: Callable[[], Any], debug: bool, *, interrupted: str = "interrupted") -> Any:
+    """Run ``fn``; a detune error (or bad value) becomes one message and exit code 1, no traceback.
+
+    DetuneWarnings are shown as ``warning:`` lines; other warnings go where stderr goes (the log file while
+    the libraries' output is captured).
+    """
+    from detune.config import DetuneWarning
+
+    notes: list[str] = []
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if issubclass(category, DetuneWarning):
+            notes.append(str(message))
+        else:
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DetuneWarning)
+        warnings.showwarning = show
         try:
             return fn()
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            _fail(interrupted, INTERRUPTED)
         except (DetuneError, ValueError, FileNotFoundError) as e:
             if debug:
                 raise
             _fail(str(e))
-        except KeyboardInterrupt:
-            _fail("interrupted")
+        except Exception as e:  # noqa: BLE001 - a bug or an environment problem: still one line
+            if debug:
+                raise
+            _fail(f"unexpected {type(e).__name__}: {e} (run again with --debug for the traceback)")
         finally:
-            for w in caught:
-                if w.category.__name__ == "DetuneWarning":
-                    typer.echo(f"warning: {w.message}", err=True)
+            for note in dict.fromkeys(notes):
+                typer.echo(f"warning: {note}", err=True)
 
 
 def _split(config: str | None, overrides: list[str] | None) -> tuple[str | None, dict[str, Any]]:
@@ -58,121 +97,479 @@ def _split(config: str | None, overrides: list[str] | None) -> tuple[str | None,
     return config, parse_overrides(items)
 
 
-def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
-    typer.echo(json.dumps(data, default=str, indent=2) if as_json else text)
+def _clean(value: Any) -> Any:
+    """JSON-safe: non-finite floats become null, paths strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
 
 
+def _emit(term: Any, as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
+    term.echo(json.dumps(_clean(data), indent=2) if as_json else "\n".join(lines))
+
+
+def _terminal(quiet: bool, verbose: bool = False) -> Any:
+    from detune._progress import Terminal
+
+    return Terminal(quiet=quiet, verbose=verbose)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from detune import __version__
+
+        typer.echo(f"detune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Learning-rate control and tuning for Ultralytics YOLO, logged to MLflow."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------------------
 @app.command()
 def train(config: ConfigArg = None, overrides: Overrides = None, as_json: JsonOpt = False,
-          verbose: VerboseOpt = False, debug: DebugOpt = False) -> None:
-    """Train a YOLO model under detune's LR control.
+          quiet: QuietOpt = False, verbose: VerboseOpt = False, debug: DebugOpt = False) -> None:
+    """Train a YOLO model under detune's LR control, with epoch/step progress.
 
     [bold]Examples[/bold]
 
       detune train configs/train.yaml lr0=0.02 scheduler=onecycle epochs=30
 
-      detune train data=../shared/datasets/coco128.yaml imgsz=320 scheduler=cosine_restarts
+      detune train data=../shared/datasets/coco128.yaml imgsz=320 scheduler=cosine_restarts --json
     """
-    from detune.training import train as run_train
+    from detune import training
+    from detune._progress import TrainDisplay, capture, move_log, train_summary
+    from detune.config import load_config
 
-    path, values = _split(config, overrides)
+    term = _terminal(quiet, verbose)
+    path, values = _guard(lambda: _split(config, overrides), debug)
     if verbose:
         values["verbose"] = True
-    result = _guard(lambda: run_train(path, **values), debug)
-    best = result.best
-    lines = [f"status: {result.status}" + (f" ({result.reason})" if result.reason else ""),
-             f"epochs: {len(result.history)}  best epoch: {result.best_epoch}",
-             f"mAP50: {best.get('metrics/mAP50', float('nan')):.4f}  "
-             f"mAP50-95: {best.get('metrics/mAP50-95', float('nan')):.4f}",
-             f"results: {result.save_dir}"]
-    if result.run_id:
-        lines.append(f"MLflow run: {result.run_id}")
-    _emit(as_json, {"status": result.status, "reason": result.reason, "best_epoch": result.best_epoch,
-                    "best": best, "save_dir": str(result.save_dir), "run_id": result.run_id}, "\n".join(lines))
+    cfg = _guard(lambda: load_config(path, **values), debug)
+    display = TrainDisplay(term, epochs=cfg.epochs)
+    temp_log = Path(cfg.project) / f".detune-{os.getpid()}.log"
+    state: dict[str, Any] = {}
+
+    def run() -> Any:
+        try:
+            with capture(temp_log, verbose=verbose), display:
+                state["result"] = training.run(cfg, observers=[display])
+            return state["result"]
+        finally:
+            result = state.get("result")
+            folder = result.save_dir if result is not None else display.save_dir
+            state["log"] = None if verbose else move_log(temp_log, folder or Path(cfg.project))
+
+    result = _guard(run, debug)
+    _emit(term, as_json, *train_summary(result, state["log"]))
     if result.status == "failed":
-        raise typer.Exit(1)
+        _fail(f"training failed: {result.reason}; partial results in {result.save_dir}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tune
+# ---------------------------------------------------------------------------------------------------------
+class _SigintWatch:
+    """Tells whether Ray's SIGINT handler fired. Ray installs its own in ``tune.run`` (first Ctrl-C: save the
+    experiment state and return normally) and puts the previous handler back when it fires; with ours as the
+    previous one, finding ours again after Ray's was seen means the study was interrupted. A second Ctrl-C
+    reaches ours: KeyboardInterrupt, which ``_guard`` turns into the resume hint."""
+
+    def __init__(self) -> None:
+        self.installed = self.ray_seen = False
+        self.previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _SigintWatch:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def check(self) -> None:
+        """Called from the progress callback, i.e. inside ``tune.run``."""
+        if self.installed and signal.getsignal(signal.SIGINT) != self._handler:
+            self.ray_seen = True
+
+    @property
+    def fired(self) -> bool:
+        return self.installed and self.ray_seen and signal.getsignal(signal.SIGINT) == self._handler
+
+
+def _study_size(study: Any) -> int:
+    grid = math.prod(len(d.args) for d in study.search_space.values() if d.kind == "grid")
+    return study.num_samples * grid
 
 
 def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | None, debug: bool,
-             as_json: bool = False) -> int:
-    """Shared by ``detune tune`` and ``scripts/tune.py``."""
-    from detune.config import parse_overrides
-    from detune.tuning import tune as run_study
+             as_json: bool = False, quiet: bool = False, verbose: bool = False) -> int:
+    """Shared by ``detune tune`` and ``scripts/tune.py``: run (or resume) a study with live progress, write
+    its report, print the summary; returns the exit code."""
+    from detune._progress import TuneDisplay, capture, tune_summary
+    from detune.study import load_study
 
+    term = _terminal(quiet, verbose)
+    resume_cmd = " ".join(["detune tune", config, *overrides, "--resume"])
     try:
-        values = _guard(lambda: parse_overrides(overrides), debug)
-        result = _guard(lambda: run_study(config, resume=resume, address=address, **values), debug)
+        values = _guard(lambda: _parse(overrides, verbose), debug)
+        study = _guard(lambda: load_study(config, **values), debug)
+        display = TuneDisplay(term, name=study.name, metric=study.metric, mode=study.mode,
+                              epochs=study.train.epochs, total_trials=_study_size(study),
+                              params=list(study.search_space))
+        log = study.output_dir / "detune.log"
+        started = time.time()
+        with _SigintWatch() as watch:
+            def progress(rows: list[dict[str, Any]]) -> None:
+                watch.check()
+                display(rows)
+
+            def run() -> Any:
+                from detune.tuning import tune
+
+                with capture(log, verbose=verbose, ultralytics_log=False), display:
+                    return tune(study, resume=resume, address=address, progress=progress)
+
+            hint = f"interrupted: the study in {study.output_dir} can be resumed with: {resume_cmd}"
+            result = _guard(run, debug, interrupted=hint)
+            interrupted = watch.fired
+        report = _study_report(study, started, debug)
     except typer.Exit as e:
         return int(e.exit_code)
-    counts = {s: sum(t["status"] == s for t in result.trials) for s in ("completed", "stopped", "diverged",
-                                                                         "failed")}
-    lines = [f"study {result.name}: {len(result.trials)} trials "
-             + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
-    if result.best_config is not None:
-        lines.append(f"best {result.metric}: {result.best_metrics.get(result.metric, float('nan')):.4f} with "
-                     + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                 for k, v in result.best_params.items()))
-        lines.append(f"best config: {result.best_yaml}")
-    else:
-        lines.append("no trial produced a usable result; see trials.csv")
-    lines.append(f"trials: {result.trials_csv}")
-    if result.parent_run_id:
-        lines.append("MLflow: mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)")
-    typer.echo(json.dumps({"best_config": result.best_config, "best_metrics": result.best_metrics,
-                           "trials": result.trials, "parent_run_id": result.parent_run_id}, default=str)
-               if as_json else "\n".join(lines))
+    _emit(term, as_json, *tune_summary(result, study, report=report, log=None if verbose else log,
+                                       elapsed=time.time() - started, interrupted=interrupted))
+    if interrupted:
+        typer.echo(hint, err=True)
+        return INTERRUPTED
     return 0
+
+
+def _parse(overrides: list[str], verbose: bool) -> dict[str, Any]:
+    """Study overrides as ``load_study`` takes them: ``train.epochs=3`` stays a dotted key (it changes one
+    setting of the base train config; nested, it would replace the whole ``train`` mapping)."""
+    from detune.config import parse_overrides
+
+    values = parse_overrides(list(overrides))
+    train = values.pop("train", None)
+    if isinstance(train, dict):
+        values.update({f"train.{k}": v for k, v in train.items()})
+    elif train is not None:
+        values["train"] = train  # train=other.yaml: a whole base config
+    if verbose:
+        values["train.verbose"] = True
+    return values
+
+
+def _study_report(study: Any, started: float, debug: bool) -> Path | None:
+    """The report of a study (reused when ``detune.tuning.tune`` already wrote it); a failure is a warning,
+    never a failed study."""
+    from detune.report import build_report
+
+    existing = study.output_dir / "report" / "report.md"
+    if existing.is_file() and existing.stat().st_mtime >= started:
+        return existing
+    try:
+        return build_report(study.output_dir, metric=study.metric, mode=study.mode) / "report.md"
+    except Exception as e:  # noqa: BLE001 - the study's results are written already
+        if debug:
+            raise
+        typer.echo(f"warning: no report: {type(e).__name__}: {e}; retry with: detune report "
+                   f"{study.output_dir}", err=True)
+        return None
 
 
 @app.command()
 def tune(config: Annotated[str, typer.Argument(help="Study YAML, e.g. configs/quick.yaml.")],
          overrides: Overrides = None,
-         address: Annotated[Optional[str], typer.Option(help="Join a Ray cluster: auto or ray://host:10001.")] = None,
+         address: Annotated[str | None, typer.Option(help="Join a Ray cluster: auto or "
+                                                     "ray://host:10001.")] = None,
          resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted study.")] = False,
-         as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
-    """Run a Ray Tune study over LR settings (same as scripts/tune.py).
+         as_json: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
+         debug: DebugOpt = False) -> None:
+    """Run a Ray Tune study over LR settings with a live trial table and write its report.
+
+    Writes best.yaml, trials.csv, report/ and detune.log into the study's output_dir.
+
+    Ctrl-C stops the study and keeps it resumable: run the same command with --resume.
 
     [bold]Examples[/bold]
 
       detune tune configs/quick.yaml
 
       detune tune configs/lr_search.yaml --address auto num_samples=32 train.epochs=50
+
+      detune tune configs/quick.yaml --resume
     """
-    code = run_tune(config, list(overrides or []), resume=resume, address=address, debug=debug, as_json=as_json)
+    code = run_tune(config, list(overrides or []), resume=resume, address=address, debug=debug,
+                    as_json=as_json, quiet=quiet, verbose=verbose)
     raise typer.Exit(code)
 
 
+
+# ---------------------------------------------------------------------------------------------------------
+# lr-find
+# ---------------------------------------------------------------------------------------------------------
+@app.command("lr-find")
+def lr_find(config: ConfigArg = None, overrides: Overrides = None,
+            out: Annotated[Path | None, typer.Option("--out", "-o", help="Plot PNG (default: "
+                                                     "<project>/lr_find.png).")] = None,
+            method: Annotated[str, typer.Option(help="steepest, valley or min_div_10.")] = "steepest",
+            as_json: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
+            debug: DebugOpt = False) -> None:
+    """LR range test: suggest lr0 from a short throw-away training with a rising lr, and plot loss vs lr.
+
+    Overrides set the training (model, data, optimizer, batch, imgsz, ...) and the sweep:
+
+    min_lr, max_lr, num_iters, mode, smoothing, stop_factor, augment.
+
+    [bold]Examples[/bold]
+
+      detune lr-find configs/train.yaml num_iters=100
+
+      detune lr-find data=shapes imgsz=64 batch=8 min_lr=1e-5 max_lr=1 --out lr.png
+    """
+    from detune._lr_suggest import METHODS
+    from detune._progress import FinderDisplay, capture, finder_summary
+
+    term = _terminal(quiet, verbose)
+    if method not in METHODS:
+        _fail(f"--method ({method!r}) must be one of {', '.join(METHODS)}")
+    cfg, settings, rerun = _guard(lambda: _finder_config(config, overrides, verbose), debug)
+    plot = out or Path(cfg.project) / "lr_find.png"
+    display = FinderDisplay(term, num_iters=settings.num_iters)
+    log = plot.parent / "detune.log"
+
+    def run() -> Any:
+        from detune.adapters import ultralytics as adapter
+        from detune.lr_finder import range_test
+
+        def fit(cfg: Any, data: Any, *, observer: Any = None, probe: Any = None, **kw: Any) -> Any:
+            wrapped = display.wrap_probe(probe) if probe is not None else None
+            return adapter.fit(cfg, data, observer=_Both(observer, display), probe=wrapped, **kw)
+
+        with capture(log, verbose=verbose), display:
+            return range_test(cfg, settings, fit=fit)
+
+    result = _guard(run, debug)
+    path = _guard(lambda: result.plot(plot, method=method), debug)
+    _emit(term, as_json, *finder_summary(result, method, path, rerun=rerun, log=None if verbose else log))
+    found = result.suggest(method)
+    if found.lr is None:
+        _fail(f"the LR finder gave no {method} suggestion: {found.reason}")
+
+
+class _Both:
+    """Two adapter observers as one (the range test's own and the progress display)."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.observers = [o for o in (first, second) if o is not None]
+
+    def __getattr__(self, name: str) -> Any:
+        fns = [getattr(o, name) for o in self.observers if hasattr(o, name)]
+        if not fns:
+            raise AttributeError(name)
+
+        def call(*args: Any) -> None:
+            for fn in fns:
+                fn(*args)
+
+        return call
+
+
+def _finder_config(config: str | None, overrides: list[str] | None, verbose: bool) -> tuple[Any, Any, str]:
+    """The train config, the sweep settings and the ``detune train ...`` command to use the suggestion."""
+    import dataclasses
+
+    from detune._lr_suggest import FinderSettings
+    from detune.config import load_config
+
+    path, values = _split(config, overrides)
+    keys = [f.name for f in dataclasses.fields(FinderSettings)]
+    settings = FinderSettings(**{k: values.pop(k) for k in keys if k in values})
+    args = [a for a in ([config] if config else []) + list(overrides or [])
+            if a.partition("=")[0] not in (*keys, "lr0")]
+    if verbose:
+        values["verbose"] = True
+    return load_config(path, **values), settings, " ".join(["detune train", *args])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# schedule
+# ---------------------------------------------------------------------------------------------------------
+@app.command()
+def schedule(config: ConfigArg = None, overrides: Overrides = None,
+             out: Annotated[Path, typer.Option("--out", "-o", help="Plot PNG.")] = Path("lr_schedule.png"),
+             steps_per_epoch: Annotated[float | None, typer.Option(
+                 help="Optimizer steps per epoch; default: from the dataset size, batch and nbs.")] = None,
+             log_y: Annotated[bool, typer.Option("--log-y", help="Log-scale lr axis.")] = False,
+             as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Plot the LR plan of a train config to a PNG and print its key points (no training).
+
+    The plot shows every param group's lr and the momentum at every optimizer step.
+
+    [bold]Examples[/bold]
+
+      detune schedule configs/train.yaml scheduler=onecycle epochs=30 --out onecycle.png
+
+      detune schedule scheduler=cosine_restarts scheduler_params.period=5 epochs=20 --steps-per-epoch 8
+    """
+    from detune._progress import schedule_summary
+    from detune.config import load_config, schedule_kwargs
+    from detune.schedules import build_plan, key_points, plot
+
+    term = _terminal(True)
+    path, values = _guard(lambda: _split(config, overrides), debug)
+    cfg = _guard(lambda: load_config(path, **values), debug)
+    spe, source = _guard(lambda: _steps_per_epoch(cfg, steps_per_epoch), debug)
+    plan = _guard(lambda: build_plan(
+        scheduler=cfg.schedule_name, scheduler_params=schedule_kwargs(cfg), lr0=cfg.effective_lr0,
+        epochs=cfg.epochs, steps_per_epoch=spe, interval=cfg.scheduler_interval,
+        warmup_epochs=cfg.warmup_epochs, warmup_bias_lr=cfg.warmup_bias_lr,
+        warmup_momentum=cfg.warmup_momentum, momentum=cfg.momentum), debug)
+    png = _guard(lambda: plot(plan, out, log_y=log_y), debug)
+    points = [{"step": s, "epoch": plan.epoch_of(s) + 1, "lr": lr, "momentum": plan.momentum_at(s),
+               "bias_lr": plan.lr(s, plan.epoch_of(s), bias=True)} for s, lr in key_points(plan)]
+    _emit(term, as_json, *schedule_summary(cfg, plan, points, source, png))
+
+
+def _steps_per_epoch(cfg: Any, given: float | None) -> tuple[float, str]:
+    """Ultralytics' count: ceil(train images x fraction / batch) batches, one optimizer step per
+    round(nbs / batch) of them."""
+    if given is not None:
+        if not given > 0:
+            raise ConfigError(f"--steps-per-epoch ({given:g}) must be > 0")
+        return given, "given"
+    from detune.datasets import check_dataset
+    from detune.errors import DatasetError
+    from detune.training import resolve_data
+
+    try:
+        info = check_dataset(resolve_data(cfg.data))
+    except DatasetError as e:
+        raise ConfigError(f"steps per epoch come from the dataset, which cannot be read: {e}; or pass "
+                          "--steps-per-epoch N") from e
+    images = max(1, round(info.train_images * float(cfg.extra.get("fraction", 1.0) or 1.0)))
+    batches = math.ceil(images / cfg.batch)
+    return batches / cfg.accumulate, (f"{images} images / batch {cfg.batch} = {batches} batches, "
+                                      f"accumulate {cfg.accumulate}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------------------
+@app.command()
+def report(source: Annotated[str, typer.Argument(help="A study output_dir, or an MLflow experiment name.")],
+           out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default: "
+                                                       "<output_dir>/report).")] = None,
+           tracking_uri: Annotated[str | None, typer.Option(help="MLflow store to read SOURCE from as an "
+                                                               "experiment (default: $MLFLOW_TRACKING_URI or "
+                                                               "./mlflow.db).")] = None,
+           run_id: Annotated[str | None, typer.Option(help="The study run (default: the newest).")] = None,
+           metric: Annotated[str | None, typer.Option(help="Metric to rank by (default: the study's).")]
+           = None,
+           mode: Annotated[str | None, typer.Option(help="max or min (default: the study's).")] = None,
+           top: Annotated[int, typer.Option(help="Trials drawn in the per-epoch curves.")] = 5,
+           as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Write a study's report: figures (PNG) and report.md, from its output_dir or MLflow experiment.
+
+    Figures: metric vs lr0, parallel coordinates, per-epoch metric and LR curves of the top trials.
+
+    report.md: best config, comparison with Ultralytics' defaults, trial counts, compute used.
+
+    [bold]Examples[/bold]
+
+      detune report runs/detune/quick
+
+      detune report quick --tracking-uri sqlite:///mlflow.db --out quick-report
+    """
+    from detune.report import FIGURES, build_report
+
+    term = _terminal(True)
+    folder = _guard(lambda: build_report(source, tracking_uri=tracking_uri, run_id=run_id, out_dir=out,
+                                         metric=metric, mode=mode, top=top), debug)
+    figures = [folder / f for f in FIGURES if (folder / f).is_file()]
+    text = (folder / "report.md").read_text()
+    best = next((line for line in text.splitlines() if line.startswith("Trial `")), "no best trial")
+    lines = [f"report: {folder / 'report.md'}", f"figures: {', '.join(f.name for f in figures)}",
+             best.replace("**", "")]
+    _emit(term, as_json, {"report": folder / "report.md", "folder": folder, "figures": figures}, lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------------------
 @data_app.command("make-shapes")
 def make_shapes(root: Annotated[Path, typer.Argument(help="Folder to write the dataset into.")],
-                n_train: int = 128, n_val: int = 32, imgsz: int = 128, seed: int = 0,
+                spec: Annotated[list[str] | None, typer.Argument(
+                    help="Optional spec YAML (like datasets/shapes.yaml), then key=value overrides: n_train, "
+                         "n_val, imgsz, seed, n_classes, min_objects, max_objects, min_size, max_size.",
+                    show_default=False)] = None,
                 as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
-    """Generate the learnable shapes dataset (COCO128 layout).
+    """Generate the learnable shapes dataset (COCO128 layout); the same settings give the same bytes.
 
-    [bold]Example[/bold]
+    [bold]Examples[/bold]
 
-      detune data make-shapes datasets/shapes --n-train 128 --imgsz 128
+      detune data make-shapes datasets/shapes n_train=128 imgsz=128
+
+      detune data make-shapes /tmp/shapes datasets/shapes.yaml n_val=16
     """
-    from detune.datasets import make_shapes as make
+    from detune._shapes import spec_from_mapping
+    from detune.config import read_yaml
+    from detune.datasets import check_dataset, make_shapes_from_spec
 
-    path = _guard(lambda: make(root, n_train=n_train, n_val=n_val, imgsz=imgsz, seed=seed), debug)
-    _emit(as_json, {"data": str(path)}, f"wrote {path}")
+    term = _terminal(True)
+    path, values = _guard(lambda: _split(spec[0] if spec else None, spec[1:] if spec else None), debug)
+    shapes = _guard(lambda: spec_from_mapping({**(read_yaml(path) if path else {}), **values},
+                                              source=path or "make-shapes overrides"), debug)
+    data = _guard(lambda: make_shapes_from_spec(root, shapes), debug)
+    info = _guard(lambda: check_dataset(data), debug)
+    _emit(term, as_json, {"data": data, **info.summary()},
+          [f"wrote {data}", f"{info.train_images} train / {info.val_images} val images at {shapes.imgsz} "
+           f"px, classes: {', '.join(info.names)}"])
 
 
 @data_app.command("check")
-def check(data: Annotated[str, typer.Argument(help="An Ultralytics data YAML.")], as_json: JsonOpt = False,
-          debug: DebugOpt = False) -> None:
-    """Validate a data YAML: paths, names, every label line.
+def check(data: Annotated[str, typer.Argument(help="An Ultralytics data YAML.")],
+          overrides: Annotated[list[str] | None, typer.Argument(
+              help="datasets_dir=PATH: last folder to try for a relative path:.", show_default=False)] = None,
+          as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Validate a data YAML before training: paths, names, every label line (Ultralytics' path rules).
 
-    [bold]Example[/bold]
+    [bold]Examples[/bold]
 
       detune data check ../shared/datasets/coco128.yaml
+
+      detune data check data.yaml datasets_dir=/data --json
     """
     from detune.datasets import check_dataset
 
-    info = _guard(lambda: check_dataset(data), debug)
-    summary = info.summary()
-    text = "\n".join([*(f"{k}: {v}" for k, v in summary.items()), *(f"warning: {w}" for w in info.warnings)])
-    _emit(as_json, {**summary, "warnings": list(info.warnings)}, text)
+    term = _terminal(True)
+    _, values = _guard(lambda: _split(None, overrides), debug)
+    unknown = [k for k in values if k != "datasets_dir"]
+    if unknown:
+        _fail(f"unknown setting {unknown[0]!r} for data check; the only one is datasets_dir=PATH")
+    info = _guard(lambda: check_dataset(data, **values), debug)
+    lines = [f"data: {info.yaml_path} (root {info.root})", f"classes: {info.nc} ({', '.join(info.names)})",
+             f"train: {info.train_images} images, {info.train_instances} boxes",
+             f"val: {info.val_images} images, {info.val_instances} boxes"
+             + (" (the same images as train)" if info.val_is_train else ""),
+             *(f"warning: {w}" for w in info.warnings)]
+    lines.append("ok" if not info.warnings else f"ok, with {len(info.warnings)} warning(s)")
+    _emit(term, as_json, {**info.summary(), "names": list(info.names), "warnings": list(info.warnings)}, lines)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -35,6 +35,7 @@ from detune._lr_suggest import (
     lr_at,
     stop_warmup,
     suggest,
+    trim,
 )
 from detune.config import TrainConfig, load_config
 from detune.errors import AdapterError, ConfigError, TuneError
@@ -127,9 +128,10 @@ class LRFinderResult:
             ax.axvline(found.lr, color="C3", linestyle="--", linewidth=1)
             ax.plot([self.lrs[found.index]], [self.smoothed[found.index]], "o", color="C3", markersize=8,
                     label=f"{method}: {found.lr:.3g}")
-        if smooth:  # the descent decides the scale; the divergence spike runs off the top
+        if smooth:  # the descent decides the scale (its noisy start skipped); the divergence runs off the top
             values = [s for _, s in smooth]
-            low = min(range(len(values)), key=values.__getitem__)
+            begin = trim(len(values))[0]
+            low = min(range(begin, len(values)), key=values.__getitem__)
             top = max(values[:low + 1]) if low > 0 else min(max(values), 4 * values[low])
             pad = max(top - values[low], 1e-12 + 1e-3 * abs(top))
             ax.set_ylim(values[low] - 0.1 * pad, top + 0.3 * pad)
@@ -316,6 +318,7 @@ def lr_find(model: str = "yolo11n.yaml", data: str = "shapes", *, min_lr: float 
 
 # ---- uses: lr0="auto" and studies --------------------------------------------------------------------
 def resolve_auto_lr0(cfg: TrainConfig, *, tracking: TrackingConfig | None = None, method: str = "steepest",
+                     settings: FinderSettings | None = None,
                      fit: Callable[..., Any] | None = None) -> tuple[TrainConfig, LRFinderResult]:
     """Run the finder for ``cfg`` (lr0 "auto") and return ``cfg`` with the suggestion as its effective lr0
     (``lr_scaling`` is not applied on top of a measured lr), plus the finder's result. ``tracking``: None is
@@ -324,7 +327,7 @@ def resolve_auto_lr0(cfg: TrainConfig, *, tracking: TrackingConfig | None = None
     Raises:
         ConfigError: when the finder gives no suggestion (the message holds the reason and the fixes).
     """
-    result = range_test(cfg, tracking=tracking if tracking is not None else False, fit=fit)
+    result = range_test(cfg, settings, tracking=tracking if tracking is not None else False, fit=fit)
     lr = result.suggestion(method)
     if lr is None:
         raise ConfigError(f"lr0 ('auto') could not be resolved: the LR finder gave no {method} suggestion "

@@ -27,8 +27,8 @@ from typing import Any
 
 from detune.errors import ConfigError, TrackingError
 
-__all__ = ["BASELINE", "FIGURES", "StudyData", "TrialData", "build_report", "load_experiment", "load_study_dir",
-           "write_report"]
+__all__ = ["BASELINE", "FIGURES", "StudyData", "TrialData", "build_report", "load_experiment",
+           "load_study_dir", "write_report"]
 
 BASELINE = {"lr0": 0.01, "scheduler": "linear"}  # Ultralytics' defaults (SGD lr0 0.01, linear decay)
 FIGURES = ("metric_vs_lr0.png", "parallel_coordinates.png", "metric_curves.png", "lr_curves.png")
@@ -79,9 +79,9 @@ class StudyData:
         return sorted(scored, key=lambda t: sign * t.best_metric)
 
 
-def build_report(source: str | os.PathLike[str], *, tracking_uri: str | None = None, run_id: str | None = None,
-                 out_dir: str | os.PathLike[str] | None = None, metric: str | None = None,
-                 mode: str | None = None, top: int = 5) -> Path:
+def build_report(source: str | os.PathLike[str], *, tracking_uri: str | None = None,
+                 run_id: str | None = None, out_dir: str | os.PathLike[str] | None = None,
+                 metric: str | None = None, mode: str | None = None, top: int = 5) -> Path:
     """Write the report of a study (figures + ``report.md``) and return its folder.
 
     Args:
@@ -91,7 +91,8 @@ def build_report(source: str | os.PathLike[str], *, tracking_uri: str | None = N
         run_id: the study (parent) run to report on; default: the newest study run of the experiment.
         out_dir: where to write; default ``<output_dir>/report`` or ``./report-<experiment>``.
         metric, mode: the study's metric and "max"/"min"; default: read from the study (``study.json``,
-            ``best.yaml``'s header or the MLflow study run), else ``metrics/mAP50-95`` / a guess from the name.
+            ``best.yaml``'s header or the MLflow study run), else ``metrics/mAP50-95`` and a guess from
+            the metric's name (``min`` for losses).
         top: how many of the best trials get per-epoch metric and LR curves, >= 1.
 
     Returns:
@@ -114,7 +115,8 @@ def build_report(source: str | os.PathLike[str], *, tracking_uri: str | None = N
         if tracking_uri is None and (path.suffix or os.sep in str(source)):
             raise ConfigError(f"study folder {str(source)!r} does not exist; pass a study output_dir (with "
                               "trials.csv) or an MLflow experiment name with --tracking-uri")
-        data = load_experiment(str(source), tracking_uri=tracking_uri, run_id=run_id, metric=metric, mode=mode)
+        data = load_experiment(str(source), tracking_uri=tracking_uri, run_id=run_id, metric=metric,
+                               mode=mode)
         default_out = Path(f"report-{data.name}")
     return write_report(data, Path(out_dir) if out_dir is not None else default_out, top=top)
 
@@ -133,8 +135,8 @@ def load_study_dir(path: str | os.PathLike[str], *, metric: str | None = None, m
     out = Path(path)
     csv_path = out / "trials.csv"
     if not csv_path.is_file():
-        raise ConfigError(f"{out} holds no trials.csv, so it is not a study output_dir; pass the output_dir of a "
-                          "study (default runs/detune/<name>)")
+        raise ConfigError(f"{out} holds no trials.csv, so it is not a study output_dir; pass the output_dir "
+                          "of a study (default runs/detune/<name>)")
     state = _read_json(out / "study.json") or {}
     best_yaml = out / "best.yaml" if (out / "best.yaml").is_file() else None
     best_config, header_metric = _read_best_yaml(best_yaml)
@@ -147,8 +149,8 @@ def load_study_dir(path: str | os.PathLike[str], *, metric: str | None = None, m
             trials.append(_trial_from_row(row, out, ray_results, metric, best_config or {}))
     epochs = best_config.get("epochs") if best_config else None
     return StudyData(name=str(state.get("name") or out.name), metric=metric, mode=mode, trials=trials,
-                     source=str(out), epochs=epochs if isinstance(epochs, int) else None, best_config=best_config,
-                     best_yaml=best_yaml)
+                     source=str(out), epochs=epochs if isinstance(epochs, int) else None,
+                     best_config=best_config, best_yaml=best_yaml)
 
 
 def _read_json(path: Path) -> Any:
@@ -206,11 +208,13 @@ def _trial_from_row(row: Mapping[str, str], out: Path, ray_results: Mapping[str,
     folder, rows = ray_results.get(trial_id, (None, []))
     params = _read_json(folder / "params.json") if folder is not None else None
     if not isinstance(params, dict):
-        params = {k: safe_load(v) if v else None for k, v in row.items() if k not in _BASE_COLUMNS}
+        params = {k: safe_load(v) if v else None for k, v in row.items()
+                  if isinstance(k, str) and k not in _BASE_COLUMNS}
     history = _history_from_ray(rows, metric) or _history_from_results_csv(out / "trials" / trial_id, metric)
     times = [r.get("time_total_s") for r in rows if isinstance(r.get("time_total_s"), (int, float))]
     return TrialData(trial_id=trial_id, status=row.get("status") or "unknown", params=dict(params),
-                     best_metric=_float(row.get("best_metric")), epochs_run=int(_float(row.get("epochs_run")) or 0),
+                     best_metric=_float(row.get("best_metric")),
+                     epochs_run=int(v) if _finite(v := _float(row.get("epochs_run"))) else 0,
                      reason=row.get("reason") or "", history=history,
                      lr_curve=[(h["epoch"], h["lr/pg0"]) for h in history if _finite(h.get("lr/pg0"))],
                      config=_effective(base, params), seconds=max(times) if times else None)
@@ -245,7 +249,8 @@ def _effective(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, 
     from detune.search_space import apply_params
 
     merged = apply_params(dict(base), {k: v for k, v in params.items() if isinstance(k, str)})
-    scheduler = merged.get("scheduler") or ("cosine" if str(merged.get("cos_lr")).lower() == "true" else "linear")
+    cosine = str(merged.get("cos_lr")).lower() == "true"
+    scheduler = merged.get("scheduler") or ("cosine" if cosine else "linear")
     return {"lr0": _float(merged.get("lr0", 0.01)), "scheduler": scheduler}
 
 
@@ -257,17 +262,44 @@ def load_experiment(experiment: str, *, tracking_uri: str | None = None, run_id:
     """Read a study from MLflow: its study run and the child run of every trial.
 
     Raises:
-        ConfigError: no such experiment or no study run in it. TrackingError: the store cannot be read.
+        ConfigError: no such store, experiment or study run. TrackingError: the store cannot be read.
     """
     from detune import tracking
 
     uri = tracking.absolute_uri(tracking_uri) if tracking_uri else tracking.default_uri()
-    # --- MLflow reads: the only place report.py touches mlflow; to move behind detune.tracking ---------
-    try:
-        from detune import _runtime
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):].partition("?")[0]).is_file():
+        raise ConfigError(f"no study folder {experiment!r} and no MLflow store at {uri}; pass a study "
+                          "output_dir (with trials.csv), or an experiment name with --tracking-uri")
+    runs = read_study_runs(uri, experiment, run_id=run_id, metric=metric)
+    parent = runs["parent"]
+    metric = metric or parent["params"].get("metric") or "metrics/mAP50-95"
+    mode = mode or parent["params"].get("mode") or ("min" if "loss" in metric else "max")
+    keys = [k[len("search_space."):] for k in parent["params"] if k.startswith("search_space.")]
+    trials = [_trial_from_run(run, metric, mode, keys) for run in runs["children"]]
+    epochs = _float(parent["params"].get("train.epochs"))
+    return StudyData(name=parent["name"] or experiment, metric=metric, mode=mode,
+                     trials=sorted(trials, key=lambda t: t.trial_id),
+                     source=f"{tracking.redact(uri)} experiment {experiment!r}, run {parent['run_id']}",
+                     epochs=int(epochs) if _finite(epochs) else None)
 
+
+def read_study_runs(uri: str, experiment: str, *, run_id: str | None = None,
+                    metric: str | None = None) -> dict[str, Any]:
+    """MLflow reads of a report, as plain data. TO MOVE into ``detune.tracking`` (the one module that may
+    import mlflow); report.py then calls it from there.
+
+    Returns ``{"parent": {run_id, name, params}, "children": [{run_id, name, status, tags, params,
+    seconds, history: {key: [(step, value), ...]}}]}`` for the newest study run (tag ``detune.kind=study``)
+    of ``experiment`` or ``run_id``; histories of the study metric, ``lr/pg0`` and ``lr_step/pg0``.
+
+    Raises:
+        ConfigError: no such experiment or study run. TrackingError: the store cannot be read.
+    """
+    from detune import _runtime, tracking
+
+    try:
         _runtime.prepare()
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # the only mlflow import of report.py
 
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
@@ -275,64 +307,61 @@ def load_experiment(experiment: str, *, tracking_uri: str | None = None, run_id:
             raise ConfigError(f"no study folder and no MLflow experiment named {experiment!r} in "
                               f"{tracking.redact(uri)}; pass a study output_dir (with trials.csv), or the "
                               "experiment name with --tracking-uri")
-        parent = client.get_run(run_id) if run_id else next(iter(client.search_runs(
+        found = [client.get_run(run_id)] if run_id else client.search_runs(
             [exp.experiment_id], filter_string="tags.`detune.kind` = 'study'",
-            order_by=["attributes.start_time DESC"], max_results=1)), None)
-        if parent is None:
-            raise ConfigError(f"experiment {experiment!r} holds no study run (tag detune.kind=study); "
-                              "run a study with tracking on, or pass --run-id")
-        children = _search_all(client, exp.experiment_id,
-                               f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' AND tags.`detune.kind` = 'train'")
-        p = parent.data.params
-        metric = metric or p.get("metric") or "metrics/mAP50-95"
-        mode = mode or p.get("mode") or ("min" if "loss" in metric else "max")
-        keys = [k[len("search_space."):] for k in p if k.startswith("search_space.")]
-        trials = [_trial_from_run(client, run, metric, mode, keys) for run in children]
+            order_by=["attributes.start_time DESC"], max_results=1)
+        if not found:
+            raise ConfigError(f"experiment {experiment!r} holds no study run (tag detune.kind=study); run a "
+                              "study with tracking on, or pass --run-id")
+        parent = found[0]
+        keys = (metric or parent.data.params.get("metric") or "metrics/mAP50-95", "lr/pg0", "lr_step/pg0")
+        query = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' AND tags.`detune.kind` = 'train'"
+        children, token = [], None
+        while True:
+            page = client.search_runs([exp.experiment_id], filter_string=query, max_results=1000,
+                                      page_token=token)
+            for r in page:
+                info, history = r.info, client.get_metric_history
+                children.append({
+                    "run_id": info.run_id, "name": info.run_name, "status": info.status,
+                    "tags": dict(r.data.tags), "params": dict(r.data.params),
+                    "seconds": (info.end_time - info.start_time) / 1000 if info.end_time else None,
+                    "history": {k: [(m.step, m.value) for m in history(info.run_id, k)] for k in keys}})
+            token = page.token
+            if not token:
+                break
     except (ConfigError, TrackingError):
         raise
-    except Exception as e:  # noqa: BLE001 - MLflow/SQLAlchemy/requests errors
+    except Exception as e:  # noqa: BLE001 - MLflow, SQLAlchemy and requests errors all mean the same here
         raise TrackingError(f"cannot read experiment {experiment!r} from {tracking.redact(uri)}: "
                             f"{type(e).__name__}: {e}") from e
-    # ------------------------------------------------------------------------------------------------------
-    epochs = _float(p.get("train.epochs"))
-    return StudyData(name=parent.info.run_name or experiment, metric=metric, mode=mode,
-                     trials=sorted(trials, key=lambda t: t.trial_id), source=f"{tracking.redact(uri)} "
-                     f"experiment {experiment!r}, run {parent.info.run_id}",
-                     epochs=int(epochs) if _finite(epochs) else None)
+    return {"parent": {"run_id": parent.info.run_id, "name": parent.info.run_name,
+                       "params": dict(parent.data.params)}, "children": children}
 
 
-def _search_all(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
-                                  page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _trial_from_run(client: Any, run: Any, metric: str, mode: str, keys: Sequence[str]) -> TrialData:
+def _trial_from_run(run: Mapping[str, Any], metric: str, mode: str, keys: Sequence[str]) -> TrialData:
     from detune.config import safe_load
 
-    rid, params, tags = run.info.run_id, run.data.params, run.data.tags
-    points = sorted(client.get_metric_history(rid, metric), key=lambda m: m.step)
-    lr_epoch = {m.step: m.value for m in client.get_metric_history(rid, "lr/pg0")}
-    history = [{"epoch": m.step, metric: m.value, "lr/pg0": lr_epoch.get(m.step, math.nan)} for m in points]
-    steps = sorted(client.get_metric_history(rid, "lr_step/pg0"), key=lambda m: m.step)
+    params, tags, history_of = run["params"], run["tags"], run["history"]
+    lr_epoch = dict(history_of.get("lr/pg0", []))
+    history = [{"epoch": step, metric: value, "lr/pg0": lr_epoch.get(step, math.nan)}
+               for step, value in sorted(history_of.get(metric, []))]
+    steps = sorted(history_of.get("lr_step/pg0", []))
     values = [h[metric] for h in history if _finite(h[metric])]
-    best = (max(values) if mode == "max" else min(values)) if values else math.nan
-    status = tags.get("detune.status") or ("running" if run.info.status == "RUNNING" else run.info.status.lower())
-    end = run.info.end_time
+    status = tags.get("detune.status") or ("running" if run["status"] == "RUNNING" else run["status"].lower())
+    reason = tags.get("detune.reason", "")
+    if status == "failed" and reason.startswith("SystemExit"):
+        # A trial stopped by the scheduler exits its worker mid-epoch: its run records the SystemExit.
+        status, reason = "stopped", "stopped by the trial scheduler"
     return TrialData(
-        trial_id=tags.get("detune.trial_id") or run.info.run_name or rid, status=status,
-        params={k: safe_load(params[k]) for k in keys if k in params}, best_metric=best,
-        epochs_run=max((int(m.step) for m in points), default=0), reason=tags.get("detune.reason", ""),
-        history=history, lr_curve=[(float(m.step), m.value) for m in steps] or
-        [(h["epoch"], h["lr/pg0"]) for h in history if _finite(h["lr/pg0"])],
-        lr_unit="step" if steps else "epoch",
-        config={"lr0": _float(params.get("lr0")), "scheduler": params.get("scheduler", "linear")},
-        seconds=(end - run.info.start_time) / 1000 if end else None)
+        trial_id=tags.get("detune.trial_id") or run["name"] or run["run_id"], status=status,
+        params={k: safe_load(params[k]) for k in keys if k in params},
+        best_metric=(max(values) if mode == "max" else min(values)) if values else math.nan,
+        epochs_run=max((int(h["epoch"]) for h in history), default=0), reason=reason, history=history,
+        lr_curve=[(float(step), value) for step, value in steps]
+        or [(h["epoch"], h["lr/pg0"]) for h in history if _finite(h["lr/pg0"])],
+        lr_unit="step" if steps else "epoch", seconds=run["seconds"],
+        config={"lr0": _float(params.get("lr0")), "scheduler": params.get("scheduler", "linear")})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -392,8 +421,10 @@ def _metric_vs_lr0(data: StudyData, ax: Any) -> None:
     markers = {"completed": "o", "stopped": "v", "diverged": "X", "failed": "X"}
     base = baseline_trial(data)
     for status in dict.fromkeys(t.status for t in data.trials):
-        group = [t for t in data.trials if t.status == status and _finite(t.config.get("lr0")) and t.config["lr0"] > 0]
-        ax.scatter([t.config["lr0"] for t in group], [t.best_metric if _finite(t.best_metric) else low for t in group],
+        group = [t for t in data.trials
+                 if t.status == status and _finite(t.config.get("lr0")) and t.config["lr0"] > 0]
+        ax.scatter([t.config["lr0"] for t in group],
+                   [t.best_metric if _finite(t.best_metric) else low for t in group],
                    c=[colors[t.trial_id] for t in group], marker=markers.get(status, "s"), s=60,
                    edgecolors="k", linewidths=0.5, label=f"{status} ({len(group)})")
     if base is not None and _finite(base.config.get("lr0")):
@@ -407,16 +438,17 @@ def _metric_vs_lr0(data: StudyData, ax: Any) -> None:
     ax.legend(fontsize=8, loc="best")
 
 
-def _axis(values: list[Any]) -> tuple[list[float], list[tuple[float, str]], str]:
+def _axis(values: list[Any], *, log_ok: bool = True) -> tuple[list[float], list[tuple[float, str]], str]:
     """Positions in [0, 1] for one parallel axis, tick labels, and a suffix naming a log scale."""
     present = [v for v in values if v is not None]
     if present and all(_finite(v) for v in present):
-        log = min(present) > 0 and max(present) / min(present) >= 20
+        log = log_ok and min(present) > 0 and max(present) / min(present) >= 20
         scaled = [math.log10(v) if log else float(v) for v in present]
         lo, hi = min(scaled), max(scaled)
-        pos = [((math.log10(v) if log else v) - lo) / (hi - lo) if hi > lo else 0.5 if v is not None else math.nan
+        pos = [math.nan if v is None else ((math.log10(v) if log else v) - lo) / (hi - lo) if hi > lo else 0.5
                for v in values]
-        ticks = [(0.0 if hi > lo else 0.5, f"{min(present):.3g}")] + ([(1.0, f"{max(present):.3g}")] if hi > lo else [])
+        ticks = [(0.0 if hi > lo else 0.5, f"{min(present):.3g}")]
+        ticks += [(1.0, f"{max(present):.3g}")] if hi > lo else []
         return pos, ticks, " (log)" if log else ""
     cats = sorted({str(v) for v in values})
     step = 1 / (len(cats) - 1) if len(cats) > 1 else 0.0
@@ -430,7 +462,7 @@ def _parallel_coordinates(data: StudyData, ax: Any) -> None:
     columns.append([t.best_metric if _finite(t.best_metric) else None for t in data.trials])
     names = [*keys, data.metric]
     colors = _colors(data)
-    axes = [_axis(c) for c in columns]
+    axes = [_axis(c, log_ok=i < len(keys)) for i, c in enumerate(columns)]
     for i, t in enumerate(data.trials):
         ys = [-0.08 if math.isnan(a[0][i]) else a[0][i] for a in axes]
         ax.plot(range(len(axes)), ys, color=colors[t.trial_id], lw=1.6, alpha=0.85,
@@ -438,7 +470,7 @@ def _parallel_coordinates(data: StudyData, ax: Any) -> None:
     for x, (_, ticks, suffix) in enumerate(axes):
         ax.axvline(x, color="0.3", lw=0.8)
         for y, label in ticks:
-            ax.text(x + 0.02, y, label, fontsize=7, va="center")
+            ax.text(x + 0.02, y, label, fontsize=7, va="center", bbox={"fc": "white", "ec": "none", "pad": 1})
         names[x] += suffix
     ax.set_xticks(range(len(axes)), names, fontsize=8, rotation=15)
     ax.set_yticks([])
@@ -449,11 +481,11 @@ def _parallel_coordinates(data: StudyData, ax: Any) -> None:
 
 
 def _curves(data: StudyData, leaders: Sequence[TrialData], ax: Any, *, lr: bool) -> None:
-    colors = _colors(data)
-    for t in leaders:
-        points = t.lr_curve if lr else [(h["epoch"], h[data.metric]) for h in t.history if _finite(h.get(data.metric))]
+    for i, t in enumerate(leaders):
+        points = t.lr_curve if lr else [(h["epoch"], h[data.metric]) for h in t.history
+                                        if _finite(h.get(data.metric))]
         if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], color=colors[t.trial_id],
+            ax.plot([p[0] for p in points], [p[1] for p in points], color=f"C{i % 10}",
                     marker=None if lr and t.lr_unit == "step" else "o", ms=4, lw=1.5,
                     label=f"{t.trial_id} ({_params(t.params)})"[:70])
     if not any(t.lr_curve if lr else t.history for t in leaders):
@@ -470,8 +502,8 @@ def _curves(data: StudyData, leaders: Sequence[TrialData], ax: Any, *, lr: bool)
 
 def baseline_trial(data: StudyData) -> TrialData | None:
     """The trial that ran Ultralytics' defaults (lr0 0.01, linear schedule), best one if several."""
-    hits = [t for t in data.trials if math.isclose(t.config.get("lr0", math.nan), BASELINE["lr0"], rel_tol=1e-6)
-            and t.config.get("scheduler") == BASELINE["scheduler"]]
+    hits = [t for t in data.trials if t.config.get("scheduler") == BASELINE["scheduler"]
+            and math.isclose(t.config.get("lr0", math.nan), BASELINE["lr0"], rel_tol=1e-6)]
     ranked = [t for t in data.ranked() if t in hits]
     return ranked[0] if ranked else (hits[0] if hits else None)
 
@@ -489,15 +521,17 @@ def markdown(data: StudyData, *, top: int = 5, problems: Sequence[str] = ()) -> 
     if best is None:
         lines += ["No trial produced a finite metric; see the trials below and trials.csv.", ""]
     else:
-        lines += [f"Trial `{best.trial_id}` ({best.status}): **{data.metric} = {best.best_metric:.4f}** after "
-                  f"{best.epochs_run} epochs, with " + (_params(best.params) or "the base config") + ".", ""]
+        with_params = _params(best.params) or "the base config"
+        lines += [f"Trial `{best.trial_id}` ({best.status}): **{data.metric} = {best.best_metric:.4f}** "
+                  f"after {best.epochs_run} epochs, with {with_params}.", ""]
         if data.best_yaml is not None:
             lines += [f"Config: `{data.best_yaml}` (re-run it with `detune train {data.best_yaml}`).", ""]
         if data.best_config:
             import yaml
 
             lines += ["```yaml", yaml.safe_dump(data.best_config, sort_keys=False).rstrip(), "```", ""]
-    lines += ["## Baseline (Ultralytics defaults: lr0=0.01, linear schedule)", "", _baseline_text(data, best), ""]
+    lines += ["## Baseline (Ultralytics defaults: lr0=0.01, linear schedule)", "",
+              _baseline_text(data, best), ""]
     lines += _compute_lines(data)
     lines += ["## Trials", "", "| rank | trial | status | " + data.metric + " | epochs | params | note |",
               "|---:|---|---|---:|---:|---|---|"]
@@ -505,7 +539,8 @@ def markdown(data: StudyData, *, top: int = 5, problems: Sequence[str] = ()) -> 
     for i, t in enumerate(order, 1):
         value = f"{t.best_metric:.4f}" if _finite(t.best_metric) else "-"
         note = t.reason.replace("|", "/")[:120]
-        lines.append(f"| {i if t in ranked else '-'} | `{t.trial_id}` | {t.status} | {value} | {t.epochs_run} | "
+        rank = i if t in ranked else "-"
+        lines.append(f"| {rank} | `{t.trial_id}` | {t.status} | {value} | {t.epochs_run} | "
                      f"{_params(t.params)} | {note} |")
     lines += ["", "## Figures", ""]
     titles = {"metric_vs_lr0.png": f"{data.metric} vs lr0",
@@ -521,11 +556,12 @@ def markdown(data: StudyData, *, top: int = 5, problems: Sequence[str] = ()) -> 
 def _baseline_text(data: StudyData, best: TrialData | None) -> str:
     base = baseline_trial(data)
     if base is None:
-        return ("No trial ran the defaults, so there is nothing to compare with; add them to the search space "
-                "(e.g. `lr0: {grid: [0.01, ...]}` with `scheduler: linear`) to measure the gain.")
+        return ("No trial ran the defaults, so there is nothing to compare with; add them to the search "
+                "space (e.g. `lr0: {grid: [0.01, ...]}` with `scheduler: linear`) to measure the gain.")
     if not _finite(base.best_metric):
         return f"Trial `{base.trial_id}` ran the defaults and ended {base.status} without a finite metric."
-    text = f"Trial `{base.trial_id}` ran the defaults: {data.metric} = {base.best_metric:.4f} ({base.status})."
+    text = (f"Trial `{base.trial_id}` ran the defaults: {data.metric} = {base.best_metric:.4f} "
+            f"({base.status}).")
     if best is None or best is base:
         return text + " It is the best trial of the study."
     diff = best.best_metric - base.best_metric
@@ -540,7 +576,7 @@ def _compute_lines(data: StudyData) -> list[str]:
     if data.epochs:
         planned = len(data.trials) * data.epochs
         lines.append(f"- trial-epochs if every trial had run all {data.epochs} epochs: {planned} "
-                     f"(early stopping saved {planned - used}, {(planned - used) / planned:.0%})")
+                     f"(trials ended early saved {planned - used}, {(planned - used) / planned:.0%})")
     seconds = [t.seconds for t in data.trials if t.seconds is not None]
     if seconds:
         lines.append(f"- trial time: {sum(seconds):.0f} s in total ({len(seconds)} trials timed)")

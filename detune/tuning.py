@@ -341,7 +341,7 @@ def _run_ray(study: StudyConfig, payload: dict[str, Any], *, resume: bool, addre
 def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str | None) -> Any:
     from ray import tune
 
-    space = {k: _domain(d, _lr_suggestion(study, d)) for k, d in study.search_space.items()}
+    space = {k: _domain(d, _lr_suggestion(study, d, tcfg, parent_run_id)) for k, d in study.search_space.items()}
     scheduler = _scheduler(study)
     search_alg = None if study.trial_scheduler == "pbt" else _search_alg(study, space)
     return tune.Tuner(
@@ -360,12 +360,13 @@ def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str
     )
 
 
-def _lr_suggestion(study: StudyConfig, dim: Dim) -> float | None:
+def _lr_suggestion(study: StudyConfig, dim: Dim, tcfg: Any, parent_run_id: str | None) -> float | None:
     if dim.kind != "lr_finder":
         return None
     from detune.lr_finder import suggest_for_study
 
-    return suggest_for_study(study)
+    tracking = tcfg.replace(parent_run_id=parent_run_id) if tcfg is not None else None
+    return suggest_for_study(study, tracking=tracking)  # its own MLflow run, nested under the study
 
 
 # Ray pickles its callbacks into the experiment (and restores them on --resume), so the callback looks the

@@ -40,4 +40,4 @@ def tiny(tmp_path: Path, shapes_yaml: Path) -> dict[str, object]:
     """Settings for a fast real training on CPU (seconds per epoch)."""
     return {"model": "yolo11n.yaml", "data": str(shapes_yaml), "epochs": 2, "batch": 8, "nbs": 8, "imgsz": 64,
             "device": "cpu", "workers": 0, "plots": False, "project": str(tmp_path / "runs"), "name": "t",
-            "warmup_epochs": 0.0, "mosaic": 0.0}
+            "warmup_epochs": 0.0, "mosaic": 0.0, "threads": 1}

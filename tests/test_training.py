@@ -60,7 +60,7 @@ def test_train_on_real_coco128_slice(tmp_path: Path, coco128_yaml: Path) -> None
                           fraction=0.125, device="cpu", warmup_epochs=0.0, plots=False,
                           project=str(tmp_path), name="coco", lr0=0.01)
     assert result.status == "completed", result.reason
-    assert result.info["dataset"]["nc"] == 80
+    assert result.info["dataset"]["data.nc"] == 80
     assert math.isfinite(result.history[0]["train/box_loss"])
 
 

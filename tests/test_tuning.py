@@ -56,7 +56,7 @@ def test_asha_stops_bad_trials_early(tmp_path: Path, shapes_yaml: Path) -> None:
 def test_pbt_exploit_copies_weights_and_changes_lr(tmp_path: Path, shapes_yaml: Path) -> None:
     study = _study(tmp_path, shapes_yaml, trial_scheduler="pbt", num_samples=4, max_concurrent_trials=4,
                    trial_scheduler_params={"perturbation_interval": 2, "quantile_fraction": 0.5,
-                                           "resample_probability": 0.5}, train={"epochs": 4},
+                                           "resample_probability": 0.5, "synch": True}, train={"epochs": 4},
                    search_space={"lr0": {"loguniform": [1.0e-5, 1.0e-1]}},
                    resources_per_trial={"cpu": 0.5})
     result = tune(study, fit=_fake.fit)

@@ -273,7 +273,7 @@ def yolo_lr0(cfg: TrainConfig) -> float:
     return min(cfg.effective_lr0, 1.0)
 
 
-def yolo_overrides(cfg: TrainConfig, data_yaml: Path) -> dict[str, Any]:
+def yolo_overrides(cfg: TrainConfig, data_yaml: Path, *, validate: bool = True) -> dict[str, Any]:
     """detune config -> ``YOLO.train`` keyword arguments, with Ultralytics' own LR shaping switched off."""
     return {
         **cfg.extra,
@@ -283,7 +283,7 @@ def yolo_overrides(cfg: TrainConfig, data_yaml: Path) -> dict[str, Any]:
         "lr0": yolo_lr0(cfg), "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "nbs": cfg.nbs,
         "warmup_epochs": 0.0,  # detune's warmup wrapper replaces Ultralytics' inline warmup
         "warmup_bias_lr": min(cfg.warmup_bias_lr, 1.0), "warmup_momentum": cfg.warmup_momentum,
-        "lrf": cfg.lrf, "cos_lr": cfg.cos_lr, "val": True, "verbose": cfg.verbose,
+        "lrf": cfg.lrf, "cos_lr": cfg.cos_lr, "val": validate, "verbose": cfg.verbose,
         "exist_ok": cfg.extra.get("exist_ok", False),
     }
 
@@ -314,7 +314,7 @@ def fit(cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from:
     trainer_cls = _trainer_class(ctl)
     status, reason = "completed", None
     try:
-        model.train(trainer=trainer_cls, **yolo_overrides(cfg, data_yaml))
+        model.train(trainer=trainer_cls, **yolo_overrides(cfg, data_yaml, validate=probe is None))
     except Diverged as e:
         status, reason = "diverged", str(e)
     except ProbeDone:
