@@ -152,6 +152,11 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _metric(value: Any) -> str:
+    finite = isinstance(value, (int, float)) and math.isfinite(value)
+    return f"{value:.4f}" if finite else "-"
+
+
 class TuneDisplay:
     """The ``progress`` callable of ``detune.tuning.tune``: one row per trial (trial_id, status, params,
     epoch, metric, best), drawn as a live table plus an overall bar, or as one line per status change."""
@@ -195,7 +200,7 @@ class TuneDisplay:
         params = " ".join(f"{k}={_fmt(row['params'].get(k))}" for k in self.params if k in row["params"])
         text = f"[{self._elapsed()}] trial {row['trial_id']} {row['status']:<9} {params}"
         if row["status"] in _DONE:
-            text += f"  epoch {row['epoch']}/{self.epochs}  best {self.metric} {_fmt(row['best'])}"
+            text += f"  epoch {row['epoch']}/{self.epochs}  best {self.metric} {_metric(row['best'])}"
         return text
 
     def counts(self) -> dict[str, int]:
@@ -218,7 +223,7 @@ class TuneDisplay:
         for r in rows:
             table.add_row(r["trial_id"], Text(r["status"], style=_STYLE.get(r["status"], "")),
                           *(_fmt(r["params"].get(k)) for k in self.params), f"{r['epoch']}/{self.epochs}",
-                          _fmt(r["metric"]), _fmt(r["best"]))
+                          _metric(r["metric"]), _metric(r["best"]))
         done = sum(self.epochs if r["status"] in _DONE else min(r["epoch"], self.epochs) for r in self.rows)
         total = max(self.total_trials, len(self.rows)) * self.epochs
         counts = ", ".join(f"{n} {s}" for s, n in self.counts().items() if n)

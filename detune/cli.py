@@ -505,7 +505,7 @@ def report(source: Annotated[str, typer.Argument(help="A study output_dir, or an
     text = (folder / "report.md").read_text()
     best = next((line for line in text.splitlines() if line.startswith("Trial `")), "no best trial")
     lines = [f"report: {folder / 'report.md'}", f"figures: {', '.join(f.name for f in figures)}",
-             best.replace("**", "")]
+             best.replace("**", "").replace("`", "")]
     _emit(term, as_json, {"report": folder / "report.md", "folder": folder, "figures": figures}, lines)
 
 
@@ -569,7 +569,8 @@ def check(data: Annotated[str, typer.Argument(help="An Ultralytics data YAML.")]
              + (" (the same images as train)" if info.val_is_train else ""),
              *(f"warning: {w}" for w in info.warnings)]
     lines.append("ok" if not info.warnings else f"ok, with {len(info.warnings)} warning(s)")
-    _emit(term, as_json, {**info.summary(), "names": list(info.names), "warnings": list(info.warnings)}, lines)
+    data_ = {**info.summary(), "names": list(info.names), "warnings": list(info.warnings)}
+    _emit(term, as_json, data_, lines)
 
 
 def main() -> None:  # pragma: no cover - console entry point

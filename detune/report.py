@@ -565,6 +565,8 @@ def _baseline_text(data: StudyData, best: TrialData | None) -> str:
     if best is None or best is base:
         return text + " It is the best trial of the study."
     diff = best.best_metric - base.best_metric
+    if diff == 0:
+        return text + f" The best trial (`{best.trial_id}`) ties with it."
     rel = f" ({diff / abs(base.best_metric):+.1%})" if base.best_metric else ""
     word = "better" if (diff > 0) == (data.mode == "max") else "worse"
     return text + f" The best trial is {abs(diff):.4f}{rel} {word} ({diff:+.4f})."
@@ -575,8 +577,9 @@ def _compute_lines(data: StudyData) -> list[str]:
     lines = ["## Compute", "", f"- trial-epochs used: {used}"]
     if data.epochs:
         planned = len(data.trials) * data.epochs
-        lines.append(f"- trial-epochs if every trial had run all {data.epochs} epochs: {planned} "
-                     f"(trials ended early saved {planned - used}, {(planned - used) / planned:.0%})")
+        saved = f" (trials ended early saved {planned - used}, {(planned - used) / planned:.0%})"
+        lines.append(f"- trial-epochs if every trial had run all {data.epochs} epochs: {planned}"
+                     + (saved if planned > used else ""))
     seconds = [t.seconds for t in data.trials if t.seconds is not None]
     if seconds:
         lines.append(f"- trial time: {sum(seconds):.0f} s in total ({len(seconds)} trials timed)")

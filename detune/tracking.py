@@ -554,7 +554,14 @@ class RunLogger(_Sender):
         return self._close(_mlflow_status(result.status), deadline, missed)
 
     def abort(self, error: BaseException) -> dict[str, Any]:
-        """End the run after an exception escaped training: KILLED for KeyboardInterrupt, else FAILED."""
+        """End the run after an exception escaped training: KILLED for KeyboardInterrupt, FINISHED with
+        ``detune.status=stopped`` for the SystemExit Ray raises in a trial its scheduler stopped, else FAILED."""
+        if isinstance(error, SystemExit):
+            self._tags.update({"detune.status": "stopped", "detune.reason": "stopped early by the trial scheduler"})
+            deadline = time.monotonic() + min(self.cfg.flush_timeout, 5.0)
+            self._failures, self._next_try = 0, 0.0
+            self._flush(deadline)
+            return self._close("FINISHED", deadline, [])
         killed = isinstance(error, KeyboardInterrupt)
         self._tags.update({"detune.status": "killed" if killed else "failed",
                            "detune.reason": f"{type(error).__name__}: {_short(error, 2000)}"})

@@ -58,7 +58,9 @@ def _search_alg(study: StudyConfig, space: dict[str, Any]) -> Any:
     from ray.tune.search import BasicVariantGenerator
 
     if study.search in ("random", "grid"):
-        return BasicVariantGenerator(random_state=study.seed, **study.search_params)
+        # max_concurrent_trials is ignored for a SearchGenerator-less variant generator: pass it here
+        return BasicVariantGenerator(random_state=study.seed, max_concurrent=study.max_concurrent_trials or 0,
+                                     **study.search_params)
     if study.search == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -250,7 +252,8 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
         tr.prepare_store(tcfg)  # before parallel trial writers: see the sqlite race in STACK-NOTES
         if parent_run_id is None:
             parent_run_id = tr.start_study_run(tcfg, name=study.name, params=_study_params(study))
-    _atomic_json(state_file, {"parent_run_id": parent_run_id, "name": study.name})
+    _atomic_json(state_file, {"parent_run_id": parent_run_id, "name": study.name, "metric": study.metric,
+                              "mode": study.mode})
     payload = {
         "train": _absolute_paths(study.train.to_dict()), "trials_dir": str(study.output_dir / "trials"), "name": study.name,
         "gpu": study.resources_per_trial["gpu"], "cpu": study.resources_per_trial["cpu"], "metric": study.metric,
@@ -258,11 +261,24 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
     }
     grid = _run_ray(study, payload, resume=resume, address=address, progress=progress)
     result = summarize(study, grid, parent_run_id=parent_run_id)
+    report_dir = _report(study)
     if tcfg is not None:
         tr.finish_run(tcfg, parent_run_id, status="FINISHED", metrics=_best_metrics(study, result),
                       params={"best." + k: v for k, v in result.best_params.items()},
-                      artifacts=[p for p in (result.best_yaml, result.trials_csv) if p is not None])
+                      artifacts=[p for p in (result.best_yaml, result.trials_csv, report_dir) if p is not None])
     return result
+
+
+def _report(study: StudyConfig) -> Path | None:
+    """The study report (PNGs + report.md); a report bug must never lose a finished study."""
+    from detune.config import DetuneWarning
+    from detune.report import build_report
+
+    try:
+        return build_report(study.output_dir, metric=study.metric, mode=study.mode)
+    except Exception as e:  # noqa: BLE001
+        warnings.warn(f"study report not written: {e}", DetuneWarning, stacklevel=3)
+        return None
 
 
 def _absolute_paths(train: dict[str, Any]) -> dict[str, Any]:
@@ -349,7 +365,9 @@ def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str
         param_space=space,
         tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, search_alg=search_alg,
                                     scheduler=scheduler, num_samples=study.num_samples,
-                                    max_concurrent_trials=study.max_concurrent_trials,
+                                    # random/grid: the limit lives in the variant generator itself
+                                    max_concurrent_trials=None if search_alg is not None and study.search in (
+                                        "random", "grid") else study.max_concurrent_trials,
                                     time_budget_s=study.time_budget_s),
         run_config=tune.RunConfig(name=study.name, storage_path=str(study.storage_path), verbose=0,
                                   # PBT donors must keep their checkpoints until the exploit copies them

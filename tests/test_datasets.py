@@ -384,7 +384,7 @@ def test_real_coco128() -> None:
     assert (info.nc, info.train_images, info.val_images) == (80, 128, 128)
     assert (info.train_instances, info.val_instances) == (929, 929)  # Ultralytics' own count
     assert info.val_is_train and info.names[0] == "person"
-    assert info.root == COCO128.parent / "coco128"
+    assert info.root == (COCO128.parent / "coco128").resolve()
     assert any("2 of 128 train images have no label file" in w for w in info.warnings)
 
 

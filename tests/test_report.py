@@ -190,3 +190,11 @@ def test_report_from_an_mlflow_experiment(tmp_path: Path) -> None:
     assert t0.lr_unit == "step" and [x for x, _ in t0.lr_curve] == [0.0, 1.0, 2.0, 3.0]
     with pytest.raises(ConfigError, match="no study folder and no MLflow experiment named 'other'"):
         build_report("other", tracking_uri=uri)
+
+
+def test_a_tie_with_the_defaults_is_called_a_tie(tmp_path: Path) -> None:
+    trials = {"ab123_00000": ("completed", 0.003, "linear", [0.0, 0.0, 0.0], ""),
+              "ab123_00001": ("completed", 0.01, "linear", [0.0, 0.0, 0.0], "")}
+    text = (build_report(write_study(tmp_path, trials)) / "report.md").read_text()
+    assert "The best trial (`ab123_00000`) ties with it." in text
+    assert "- trial-epochs if every trial had run all 3 epochs: 6\n" in text  # nothing ended early
