@@ -33,7 +33,27 @@ _EXPORTS = {
     "TuneError": "detune.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AdapterError",
+    "ConfigError",
+    "DatasetError",
+    "DatasetInfo",
+    "DetuneError",
+    "DetuneWarning",
+    "LRFinderResult",
+    "StudyResult",
+    "TrackingError",
+    "TrainConfig",
+    "TrainResult",
+    "TuneError",
+    "check_dataset",
+    "load_config",
+    "load_study",
+    "lr_find",
+    "make_shapes",
+    "train",
+    "tune",
+]
 
 if TYPE_CHECKING:
     from detune.config import DetuneWarning, TrainConfig, load_config

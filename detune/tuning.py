@@ -255,7 +255,8 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
     _atomic_json(state_file, {"parent_run_id": parent_run_id, "name": study.name, "metric": study.metric,
                               "mode": study.mode})
     payload = {
-        "train": _absolute_paths(study.train.to_dict()), "trials_dir": str(study.output_dir / "trials"), "name": study.name,
+        "train": _absolute_paths(study.train.to_dict()), "trials_dir": str(study.output_dir / "trials"),
+        "name": study.name,
         "gpu": study.resources_per_trial["gpu"], "cpu": study.resources_per_trial["cpu"], "metric": study.metric,
         "mode": study.mode, "tracking": tcfg, "parent_run_id": parent_run_id, "fit": fit,
     }

@@ -51,7 +51,7 @@ def test_every_schedule_is_applied_at_every_step_with_warmup(tiny: dict, kind: s
                       warmup_bias_lr=0.1, warmup_momentum=0.8, momentum=0.937)
     assert len(recorded_lrs) == len(result.steps) == 8
     assert plan.warmup_steps == 2
-    for step, (seen, logged) in enumerate(zip(recorded_lrs, result.steps)):
+    for step, (seen, logged) in enumerate(zip(recorded_lrs, result.steps, strict=True)):
         if kind == "plateau" and logged["epoch"] == 1:
             plan.observe(0, result.history[0]["fitness"])  # the one stateful kind, driven by validation
         for i, kind_name in enumerate(seen["kind"]):
@@ -80,7 +80,7 @@ def test_epoch_interval_reproduces_plain_ultralytics_exactly(tiny: dict, cos_lr:
     YOLO("yolo11n.yaml").train(**yolo_args)
     plain = list(recorded_lrs)
     assert len(plain) == len(ours) == 12
-    for step, (a, b) in enumerate(zip(ours, plain)):
+    for step, (a, b) in enumerate(zip(ours, plain, strict=True)):
         assert a["kind"] == b["kind"]
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-12), step
         assert a["momentum"] == pytest.approx(b["momentum"], rel=1e-12), step

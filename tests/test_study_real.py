@@ -60,7 +60,7 @@ def test_scripts_tune_runs_a_real_study_into_mlflow(tmp_path: Path, shapes_yaml:
     best = tmp_path / "out" / "best.yaml"
     cfg = load_config(best)  # detune.train accepts it
     assert 1e-3 <= cfg.lr0 <= 1e-1 and cfg.epochs == 2
-    rows = list(csv.DictReader(open(tmp_path / "out" / "trials.csv")))
+    rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").read_text().splitlines()))
     assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
 
     from mlflow.tracking import MlflowClient
@@ -134,7 +134,7 @@ def test_sigkill_mid_study_then_resume_completes_without_reruns(tmp_path: Path, 
     out = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=_env(tmp_path), cwd=tmp_path,
                          timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = list(csv.DictReader(open(tmp_path / "out" / "trials.csv")))
+    rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").read_text().splitlines()))
     assert len(rows) == 3 and {r["status"] for r in rows} == {"completed"}
     for trial_id, metric in finished.items():  # finished trials were not rerun: same results
         row = next(r for r in rows if r["trial_id"] == trial_id)

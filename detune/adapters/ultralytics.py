@@ -8,6 +8,7 @@ every param group's lr (and momentum) right before each optimizer step, in ``opt
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -143,7 +144,7 @@ class _Control:
         epoch, step = trainer.epoch, self.step
         momentum = self.plan.momentum_at(step)
         lrs = []
-        for group, mult in zip(trainer.optimizer.param_groups, self.mults):
+        for group, mult in zip(trainer.optimizer.param_groups, self.mults, strict=True):
             if self.probe is not None:
                 group["lr"] = self.probe.lr(step) * mult
                 momentum = self.cfg.momentum
@@ -335,7 +336,5 @@ def _close_loaders(trainer: Any) -> None:
     for name in ("train_loader", "test_loader"):
         loader = getattr(trainer, name, None)
         if loader is not None and hasattr(loader, "close"):
-            try:
+            with contextlib.suppress(Exception):  # already closed by Ultralytics on a normal exit
                 loader.close()
-            except Exception:  # noqa: BLE001 - already closed by Ultralytics on a normal exit
-                pass
