@@ -471,7 +471,7 @@ def test_training_logged_to_default_embedded_store(tiny: dict, tmp_path: Path,
     work.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    result = detune.train(**tiny, **LEAN, tracking=True)
+    result = detune.train(**{**tiny, **LEAN}, tracking=True)
     assert result.info["tracking"]["uri"] == f"sqlite:///{work}/mlflow.db"
     assert (work / "mlflow.db").is_file() and (work / "mlruns").is_dir()
     assert_training_logged(client_for(f"sqlite:///{work}/mlflow.db"), result)
