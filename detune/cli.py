@@ -509,6 +509,49 @@ def report(source: Annotated[str, typer.Argument(help="A study output_dir, or an
     _emit(term, as_json, {"report": folder / "report.md", "folder": folder, "figures": figures}, lines)
 
 
+@app.command()
+def ui(uri: Annotated[str | None, typer.Option("--uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or "
+                                                              "./mlflow.db).")] = None,
+       host: Annotated[str, typer.Option(help="Address to listen on. The UI has no login: keep 127.0.0.1 "
+                                              "and use an SSH tunnel to reach it from elsewhere.")] = "127.0.0.1",
+       port: Annotated[int, typer.Option(help="TCP port.")] = 5000, debug: DebugOpt = False) -> None:
+    """Open the MLflow UI on a local tracking store: studies, trials, curves, artifacts. Ctrl-C stops it.
+
+    [bold]Examples[/bold]
+
+      detune ui
+
+      detune ui --uri sqlite:///runs/mlflow.db --port 5001
+    """
+    import signal
+    import subprocess
+
+    from detune.ui import ui_command
+
+    server = _guard(lambda: ui_command(uri, host=host, port=port), debug)
+    if server.warning:
+        typer.echo(f"warning: {server.warning}", err=True)
+    from detune import _runtime
+
+    log = _runtime.home() / "ui.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    typer.echo(f"MLflow UI for {server.store} at {server.url}  (Ctrl-C to stop; server log: {log})")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(server.cmd, env=server.env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:  # pass it on (a terminal's Ctrl-C reached the server too) and let it finish
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise typer.Exit(0) from None
+    if code != 0:
+        tail = (log.read_text(errors="replace").strip().splitlines() or [""])[-1]
+        _fail(f"the MLflow server stopped with exit code {code}: {tail} (full log: {log})")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------------------

@@ -200,9 +200,10 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
 
 
 def _plot_schedule(cfg: TrainConfig, result: TrainResult) -> None:
-    """Draw the planned LR schedule to ``save_dir/lr_schedule.png``; a plotting error never loses the run."""
+    """Draw the planned LR schedule to ``save_dir/lr_schedule.png`` (not with ``plots`` off, like
+    Ultralytics' own plots: matplotlib costs ~1 s); a plotting error never loses the run."""
     steps_per_epoch = result.info.get("steps_per_epoch")
-    if result.save_dir is None or not result.save_dir.is_dir() or not steps_per_epoch:
+    if not cfg.extra.get("plots", True) or not steps_per_epoch or not (result.save_dir and result.save_dir.is_dir()):
         return
     try:
         from detune.schedules import build_plan, plot

@@ -29,9 +29,9 @@ def commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, 
 COMMANDS = commands(typer.main.get_command(app))
 
 
-def test_the_cli_has_the_commands_of_issue_7() -> None:
+def test_the_cli_has_its_commands() -> None:
     assert {" ".join(name) for name, _ in COMMANDS} == {
-        "train", "tune", "lr-find", "report", "schedule", "data make-shapes", "data check"}
+        "train", "tune", "lr-find", "report", "schedule", "ui", "data make-shapes", "data check"}
 
 
 @pytest.mark.parametrize("name, command", COMMANDS, ids=[" ".join(n) for n, _ in COMMANDS])

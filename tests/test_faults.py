@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -153,3 +154,124 @@ def test_sigint_mid_study_then_resume_completes(tmp_path: Path, shapes_yaml: Pat
     assert out.stdout.strip().splitlines()[-1] == str(["completed"] * 3)
     children = [r for r in _runs(f"sqlite:///{tmp_path / 'mlflow.db'}") if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 3 and len({r.data.tags["detune.trial_id"] for r in children}) == 3
+
+
+# ---- untrusted checkpoints ------------------------------------------------------------------------------
+
+class _Payload:
+    """Unpickling this runs code (it creates ``marker``): what a hostile ``.pt`` file can do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple:
+        return open, (self.marker, "w")
+
+
+def _plant(path: Path, marker: Path) -> Path:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": _Payload(marker), "epoch": 0}, path)
+    return path
+
+
+def test_checkpoints_detune_did_not_write_are_never_loaded(tmp_path: Path, tiny: dict) -> None:
+    import hashlib
+    import json
+
+    from detune.adapters.ultralytics import STATE_FILE
+    from detune.config import from_dict
+    from detune.errors import AdapterError
+    from detune.training import run
+
+    marker = tmp_path / "code-ran"
+    evil = _plant(tmp_path / "elsewhere" / "last.pt", marker)
+    cfg = from_dict(tiny)
+    # a resume source without detune's state file beside it is refused before anything is unpickled
+    with pytest.raises(AdapterError, match=r"not a checkpoint detune wrote.*state file"):
+        run(cfg, resume_from=evil)
+    # ... and so is one whose content is not what detune recorded when it saved it
+    (evil.parent / STATE_FILE).write_text(json.dumps({"step": 4, "epoch": 0, "last_sha256": "0" * 64}))
+    with pytest.raises(AdapterError, match=r"not a checkpoint detune wrote.*checksum"):
+        run(cfg, resume_from=evil)
+    assert not marker.exists()
+    # hostile last.pt / best.pt left in the run folder are overwritten, never loaded, even with exist_ok
+    weights = Path(tiny["project"]) / tiny["name"] / "weights"
+    _plant(weights / "last.pt", marker), _plant(weights / "best.pt", marker)
+    kept = tmp_path / "kept"
+
+    class KeepCheckpoint:  # what a study trial does at each epoch end: copy last.pt and the state file
+        def on_epoch(self, record: dict, weights_dir: Path) -> None:
+            shutil.copytree(weights_dir, kept, dirs_exist_ok=True)
+
+    first = run(from_dict({**tiny, "epochs": 1, "exist_ok": True}), observers=[KeepCheckpoint()])
+    assert first.status == "completed", first.reason
+    assert not marker.exists()
+    # the checkpoints detune did write carry their checksum, and resume
+    state = json.loads((kept / STATE_FILE).read_text())
+    assert state["last_sha256"] == hashlib.sha256((kept / "last.pt").read_bytes()).hexdigest()
+    resumed = run(from_dict({**tiny, "name": "resumed"}), resume_from=kept / "last.pt")
+    assert resumed.status == "completed", resumed.reason
+    assert [h["epoch"] for h in resumed.history] == [2] and resumed.info["start_epoch"] == 1
+    assert not marker.exists()
+
+
+# ---- the MLflow UI ------------------------------------------------------------------------------------------
+
+def test_detune_ui_serves_the_store_on_loopback_only(tmp_path: Path) -> None:
+    import json
+    import socket
+    import urllib.request
+
+    import psutil
+
+    store = tmp_path / "mlflow.db"
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=f"sqlite:///{store}").create_experiment("seen-in-ui")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli = [str(Path(sys.executable).with_name("detune")), "ui", "--uri", f"sqlite:///{store}", "--port", str(port)]
+    proc = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search"
+                                            "?max_results=10", timeout=2) as r:
+                    names = {e["name"] for e in json.loads(r.read())["experiments"]}
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "detune ui did not answer in 120 s"
+                time.sleep(0.5)
+        assert "seen-in-ui" in names
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        listening = {c.laddr for p in tree for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+        assert listening and {addr.ip for addr in listening} == {"127.0.0.1"}, listening
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    text = out.decode()
+    assert f"http://127.0.0.1:{port}" in text and "Traceback" not in text, text
+    assert proc.returncode in (0, 130), text
+
+
+def test_detune_ui_refuses_a_missing_store_and_warns_off_loopback(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from detune.cli import app
+
+    result = CliRunner().invoke(app, ["ui", "--uri", f"sqlite:///{tmp_path / 'none.db'}"])
+    assert result.exit_code == 1 and "none.db" in result.output and "Traceback" not in result.output
+    from detune.ui import ui_command
+
+    store = tmp_path / "mlflow.db"
+    store.touch()
+    exposed = ui_command(f"sqlite:///{store}", host="0.0.0.0", port=5000)
+    assert exposed.cmd[exposed.cmd.index("--host") + 1] == "0.0.0.0" and "no login" in exposed.warning
+    local = ui_command(f"sqlite:///{store}")
+    assert local.cmd[local.cmd.index("--host") + 1] == "127.0.0.1" and local.warning is None
+    assert local.url == "http://127.0.0.1:5000" and local.env["MLFLOW_DISABLE_TELEMETRY"] == "true"

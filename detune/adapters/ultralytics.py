@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -92,9 +93,7 @@ class _Control:
         self.cfg = cfg
         self.probe = probe
         self.resume_from = resume_from
-        resume_state = None
-        if resume_from is not None and (resume_from.parent / STATE_FILE).exists():
-            resume_state = json.loads((resume_from.parent / STATE_FILE).read_text())
+        resume_state = trusted_state(resume_from) if resume_from is not None else None
         self.observer = observer
         self.plan: Any = None
         self.step = int((resume_state or {}).get("step", 0))
@@ -196,11 +195,45 @@ class _Control:
         record["epoch_time"] = float(trainer.epoch_time or 0.0)
         self.plan.observe(trainer.epoch, record["fitness"])
         self.history.append(record)
-        state = {"step": self.step, "epoch": trainer.epoch}
+        last = Path(trainer.wdir) / "last.pt"
+        state = {"step": self.step, "epoch": trainer.epoch, "last_sha256": _sha256(last) if last.is_file() else None}
         if hasattr(self.plan.schedule, "state"):
             state["plateau"] = self.plan.schedule.state()
         (Path(trainer.wdir) / STATE_FILE).write_text(json.dumps(state))
         self.call("on_epoch", dict(record), Path(trainer.wdir))
+
+
+def trusted_state(checkpoint: Path) -> dict[str, Any]:
+    """detune's state saved beside ``checkpoint``, once it is certain that detune wrote that very file.
+
+    ``.pt`` files are pickles: loading one can run any code. So detune resumes only from a ``last.pt`` whose
+    SHA-256 it recorded in ``detune_state.json`` when it saved it, and checks that before unpickling.
+
+    Raises:
+        AdapterError: no state file beside the checkpoint, or a checksum that differs.
+    """
+    state_file = checkpoint.parent / STATE_FILE
+    why = ("; .pt files are pickles that can run code when loaded, so detune resumes only from checkpoints it "
+           "saved itself (to start from weights you trust, pass them as model=)")
+    if not state_file.is_file():
+        raise AdapterError(f"{checkpoint} is not a checkpoint detune wrote: no {STATE_FILE} state file beside it{why}")
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError) as e:
+        raise AdapterError(f"{checkpoint} is not a checkpoint detune wrote: {state_file} is unreadable "
+                           f"({e}){why}") from e
+    if not checkpoint.is_file() or state.get("last_sha256") != _sha256(checkpoint):
+        raise AdapterError(f"{checkpoint} is not a checkpoint detune wrote: its checksum differs from the one in "
+                           f"{state_file}{why}")
+    return state
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _trainer_class(ctl: _Control) -> type:
