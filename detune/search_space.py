@@ -39,6 +39,16 @@ class Dim:
             return {"lr_finder": dict(self.args[0])}
         return {self.kind: list(self.args)}
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this distribution can produce (lr_finder ranges are not known yet)."""
+        if self.kind in ("choice", "grid"):
+            return value in self.args
+        if self.kind == "lr_finder" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind == "randint":
+            return isinstance(value, int) and self.args[0] <= value < self.args[1]
+        return self.args[0] <= value <= self.args[1]
+
     def bounds(self) -> list[Any]:
         """Values at the edges of the distribution, to validate against the base config before compute."""
         if self.kind in ("choice", "grid"):
@@ -139,6 +149,23 @@ def apply_params(train: Mapping[str, Any], params: Mapping[str, Any]) -> dict[st
             target = target.setdefault(part, {})
         target[parts[-1]] = value
     return out
+
+
+def baseline_point(dims: Mapping[str, Dim], base: TrainConfig) -> dict[str, Any] | None:
+    """The base config's own values of the searched keys (Ultralytics' defaults unless the study's train
+    config sets others: lr0 0.01, lrf 0.01, momentum 0.937, ...), or None when one of them lies outside its
+    distribution or is not set. Searchers try it first, so a study never ends below the untuned baseline
+    and its report compares against a real baseline trial."""
+    flat = {**base.to_dict(), "scheduler": base.schedule_name}
+    point = {}
+    for key, dim in dims.items():
+        value: Any = flat
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if not dim.contains(value):
+            return None
+        point[key] = value
+    return point
 
 
 def space_to_yaml(dims: Mapping[str, Dim]) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class StudyConfig:
     storage_path: Path = Path("runs/detune/study/ray")
     tracking: Any = True
     seed: int = 0
+    baseline_first: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """YAML-safe mapping that ``load_study`` accepts again."""
@@ -90,6 +91,7 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
         time_budget_s=raw.get("time_budget_s"),
         storage_path=Path(raw.get("storage_path") or output_dir / "ray").expanduser().resolve(),
         tracking=raw.get("tracking", True), seed=raw.get("seed", 0),
+        baseline_first=raw.get("baseline_first", True),
     )
     _validate(study)
     return study
@@ -133,6 +135,8 @@ def _validate(s: StudyConfig) -> None:
     if s.resources_per_trial["gpu"] > 1:
         raise ConfigError(f"resources_per_trial.gpu ({s.resources_per_trial['gpu']}) must be at most 1: each trial "
                           "trains on one GPU (no DDP inside a trial); use fractions such as 0.5 to pack trials")
+    if not isinstance(s.baseline_first, bool):
+        raise ConfigError(f"baseline_first ({s.baseline_first!r}) must be true or false")
     if s.time_budget_s is not None and (not isinstance(s.time_budget_s, (int, float)) or s.time_budget_s <= 0):
         raise ConfigError(f"time_budget_s ({s.time_budget_s!r}) must be a number of seconds > 0 or null")
     if s.search == "grid" and any(d.kind != "grid" for d in s.search_space.values()):

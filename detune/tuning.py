@@ -23,7 +23,7 @@ from typing import Any
 from detune import _runtime
 from detune.config import from_dict
 from detune.errors import TuneError
-from detune.search_space import Dim
+from detune.search_space import Dim, baseline_point
 from detune.study import StudyConfig, load_study
 from detune.study_files import StudyResult, summarize
 
@@ -57,28 +57,32 @@ def _domain(dim: Dim, lr_suggestion: float | None = None) -> Any:
 def _search_alg(study: StudyConfig, space: dict[str, Any]) -> Any:
     from ray.tune.search import BasicVariantGenerator
 
+    params = dict(study.search_params)
+    baseline = baseline_point(study.search_space, study.train) if study.baseline_first else None
+    if baseline is not None and study.search != "grid":
+        params.setdefault("points_to_evaluate", [baseline])
     if study.search in ("random", "grid"):
         # max_concurrent_trials is ignored for a SearchGenerator-less variant generator: pass it here
         return BasicVariantGenerator(random_state=study.seed, max_concurrent=study.max_concurrent_trials or 0,
-                                     **study.search_params)
+                                     **params)
     if study.search == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
         _runtime.quiet_loggers()
-        params = dict(study.search_params)
-        sampler = optuna.samplers.TPESampler(seed=study.seed, **params.pop("sampler", {}))
-        return OptunaSearch(sampler=sampler, **params)
+        # Optuna samples its first 10 trials at random; small studies would never get past that
+        sampler = {"n_startup_trials": min(10, max(3, study.num_samples // 4)), **params.pop("sampler", {})}
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=study.seed, **sampler), **params)
     if study.search == "hyperopt":
         _require("hyperopt", "search: hyperopt", "pip install hyperopt")
         from ray.tune.search.hyperopt import HyperOptSearch
 
-        return HyperOptSearch(random_state_seed=study.seed, **study.search_params)
+        return HyperOptSearch(random_state_seed=study.seed, **params)
     _require("hpbandster", "search: bohb", "pip install hpbandster ConfigSpace")
     _require("ConfigSpace", "search: bohb", "pip install hpbandster ConfigSpace")
     from ray.tune.search.bohb import TuneBOHB
 
-    return TuneBOHB(seed=study.seed, **study.search_params)
+    return TuneBOHB(seed=study.seed, **params)
 
 
 def _require(module: str, what: str, fix: str) -> None:

@@ -123,3 +123,23 @@ def test_import_detune_is_light_and_side_effect_free(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) < 1.0
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_baseline_point_is_the_base_configs_own_values_when_the_space_holds_them() -> None:
+    from detune.search_space import baseline_point, parse_search_space
+
+    base = from_dict({"model": "yolo11n.yaml", "data": "d.yaml"})
+    space = parse_search_space({"lr0": {"loguniform": [1e-4, 1e-1]}, "lrf": {"uniform": [0.01, 1.0]},
+                                "momentum": {"uniform": [0.6, 0.98]}, "scheduler": {"choice": ["linear", "cosine"]}},
+                               base)
+    assert baseline_point(space, base) == {"lr0": 0.01, "lrf": 0.01, "momentum": 0.937, "scheduler": "linear"}
+    step = from_dict({"model": "yolo11n.yaml", "data": "d.yaml", "scheduler": "step",
+                      "scheduler_params": {"step_size": 2, "gamma": 0.5}})
+    nested = parse_search_space({"scheduler_params": {"gamma": {"uniform": [0.1, 0.9]}}}, step)
+    assert baseline_point(nested, step) == {"scheduler_params.gamma": 0.5}
+    # one value outside its range (or not set at all): no baseline point, never a clipped one
+    assert baseline_point(parse_search_space({"lr0": {"loguniform": [0.02, 0.1]}}, base), base) is None
+    assert baseline_point(parse_search_space({"scheduler_params": {"gamma": {"uniform": [0.1, 0.4]}}}, step),
+                          step) is None
+    auto = from_dict({"model": "yolo11n.yaml", "data": "d.yaml", "lr0": "auto"})
+    assert baseline_point(parse_search_space({"lrf": {"uniform": [0.01, 1.0]}}, auto), auto) == {"lrf": 0.01}
