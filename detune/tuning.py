@@ -351,7 +351,7 @@ def _run_ray(study: StudyConfig, payload: dict[str, Any], *, resume: bool, addre
             tuner = _new_tuner(study, trainable, payload["tracking"], payload["parent_run_id"])
         _PROGRESS["current"] = progress
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*reuse_actors.*")  # function trainables cannot reset
+            warnings.filterwarnings("ignore", message=".*reuse_actors.*")  # see reuse_actors above (PBT)
             return tuner.fit()
     finally:
         _PROGRESS.pop("current", None)
@@ -373,7 +373,11 @@ def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str
                                     # random/grid: the limit lives in the variant generator itself
                                     max_concurrent_trials=None if search_alg is not None and study.search in (
                                         "random", "grid") else study.max_concurrent_trials,
-                                    time_budget_s=study.time_budget_s),
+                                    time_budget_s=study.time_budget_s,
+                                    # a new trial runs in the previous one's worker: no process start, no
+                                    # torch/Ultralytics import (~7 s a trial here). Not for PBT, whose
+                                    # in-place exploit then loses the donor's checkpoint (measured).
+                                    reuse_actors=study.trial_scheduler != "pbt"),
         run_config=tune.RunConfig(name=study.name, storage_path=str(study.storage_path), verbose=0,
                                   # PBT donors must keep their checkpoints until the exploit copies them
                                   checkpoint_config=tune.CheckpointConfig(

@@ -125,8 +125,8 @@ def test_searchers_try_the_baseline_first_within_num_samples(tmp_path: Path, sha
     study = _study(tmp_path, shapes_yaml, search=search, num_samples=4, max_concurrent_trials=1,
                    search_space=space, train={"epochs": 2})
     result = tune(study, fit=_fake.fit)
-    first = min(result.trials, key=lambda t: t["trial_id"])
-    assert len(result.trials) == 4 and (float(first["lr0"]), first["scheduler"]) == (0.01, "linear")
+    first = min(result.result_grid, key=lambda r: r.metrics_dataframe["timestamp"].min()).config  # one at a time
+    assert len(result.trials) == 4 and (first["lr0"], first["scheduler"]) == (0.01, "linear")
     assert len({round(float(t["lr0"]), 9) for t in result.trials}) == 4  # then the searcher's own samples
     off = tune({**study, "name": "off", "baseline_first": False}, fit=_fake.fit)
     assert len(off.trials) == 4 and 0.01 not in {float(t["lr0"]) for t in off.trials}
