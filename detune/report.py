@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from detune.errors import ConfigError, TrackingError
+from detune.errors import ConfigError
 
 __all__ = ["BASELINE", "FIGURES", "StudyData", "TrialData", "build_report", "load_experiment",
            "load_study_dir", "write_report"]
@@ -270,7 +270,7 @@ def load_experiment(experiment: str, *, tracking_uri: str | None = None, run_id:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):].partition("?")[0]).is_file():
         raise ConfigError(f"no study folder {experiment!r} and no MLflow store at {uri}; pass a study "
                           "output_dir (with trials.csv), or an experiment name with --tracking-uri")
-    runs = read_study_runs(uri, experiment, run_id=run_id, metric=metric)
+    runs = tracking.read_study_runs(uri, experiment, run_id=run_id, metric=metric)
     parent = runs["parent"]
     metric = metric or parent["params"].get("metric") or "metrics/mAP50-95"
     mode = mode or parent["params"].get("mode") or ("min" if "loss" in metric else "max")
@@ -281,62 +281,6 @@ def load_experiment(experiment: str, *, tracking_uri: str | None = None, run_id:
                      trials=sorted(trials, key=lambda t: t.trial_id),
                      source=f"{tracking.redact(uri)} experiment {experiment!r}, run {parent['run_id']}",
                      epochs=int(epochs) if _finite(epochs) else None)
-
-
-def read_study_runs(uri: str, experiment: str, *, run_id: str | None = None,
-                    metric: str | None = None) -> dict[str, Any]:
-    """MLflow reads of a report, as plain data. TO MOVE into ``detune.tracking`` (the one module that may
-    import mlflow); report.py then calls it from there.
-
-    Returns ``{"parent": {run_id, name, params}, "children": [{run_id, name, status, tags, params,
-    seconds, history: {key: [(step, value), ...]}}]}`` for the newest study run (tag ``detune.kind=study``)
-    of ``experiment`` or ``run_id``; histories of the study metric, ``lr/pg0`` and ``lr_step/pg0``.
-
-    Raises:
-        ConfigError: no such experiment or study run. TrackingError: the store cannot be read.
-    """
-    from detune import _runtime, tracking
-
-    try:
-        _runtime.prepare()
-        from mlflow.tracking import MlflowClient  # the only mlflow import of report.py
-
-        client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            raise ConfigError(f"no study folder and no MLflow experiment named {experiment!r} in "
-                              f"{tracking.redact(uri)}; pass a study output_dir (with trials.csv), or the "
-                              "experiment name with --tracking-uri")
-        found = [client.get_run(run_id)] if run_id else client.search_runs(
-            [exp.experiment_id], filter_string="tags.`detune.kind` = 'study'",
-            order_by=["attributes.start_time DESC"], max_results=1)
-        if not found:
-            raise ConfigError(f"experiment {experiment!r} holds no study run (tag detune.kind=study); run a "
-                              "study with tracking on, or pass --run-id")
-        parent = found[0]
-        keys = (metric or parent.data.params.get("metric") or "metrics/mAP50-95", "lr/pg0", "lr_step/pg0")
-        query = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' AND tags.`detune.kind` = 'train'"
-        children, token = [], None
-        while True:
-            page = client.search_runs([exp.experiment_id], filter_string=query, max_results=1000,
-                                      page_token=token)
-            for r in page:
-                info, history = r.info, client.get_metric_history
-                children.append({
-                    "run_id": info.run_id, "name": info.run_name, "status": info.status,
-                    "tags": dict(r.data.tags), "params": dict(r.data.params),
-                    "seconds": (info.end_time - info.start_time) / 1000 if info.end_time else None,
-                    "history": {k: [(m.step, m.value) for m in history(info.run_id, k)] for k in keys}})
-            token = page.token
-            if not token:
-                break
-    except (ConfigError, TrackingError):
-        raise
-    except Exception as e:  # noqa: BLE001 - MLflow, SQLAlchemy and requests errors all mean the same here
-        raise TrackingError(f"cannot read experiment {experiment!r} from {tracking.redact(uri)}: "
-                            f"{type(e).__name__}: {e}") from e
-    return {"parent": {"run_id": parent.info.run_id, "name": parent.info.run_name,
-                       "params": dict(parent.data.params)}, "children": children}
 
 
 def _trial_from_run(run: Mapping[str, Any], metric: str, mode: str, keys: Sequence[str]) -> TrialData:

@@ -719,3 +719,54 @@ def finish_run(cfg: TrackingConfig, run_id: str, *, status: str, metrics: Mappin
         raise TrackingError(f"could not finish run {run_id} in {redact(cfg.uri)} within "
                             f"{cfg.flush_timeout:g} s ({'; '.join(report['errors'])}); "
                             f"unlogged artifacts: {missed or 'none'}")
+
+
+# ---- reads (reports) ----------------------------------------------------------------------------------
+def read_study_runs(uri: str, experiment: str, *, run_id: str | None = None,
+                    metric: str | None = None) -> dict[str, Any]:
+    """The runs of a study, as plain data for ``detune.report``.
+
+    Returns ``{"parent": {run_id, name, params}, "children": [{run_id, name, status, tags, params,
+    seconds, history: {key: [(step, value), ...]}}]}`` for the newest study run (tag ``detune.kind=study``)
+    of ``experiment`` or ``run_id``; histories of the study metric, ``lr/pg0`` and ``lr_step/pg0``.
+
+    Raises:
+        ConfigError: no such experiment or study run. TrackingError: the store cannot be read.
+    """
+    try:
+        client = _client(uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise ConfigError(f"no study folder and no MLflow experiment named {experiment!r} in "
+                              f"{redact(uri)}; pass a study output_dir (with trials.csv), or the "
+                              "experiment name with --tracking-uri")
+        found = [client.get_run(run_id)] if run_id else client.search_runs(
+            [exp.experiment_id], filter_string="tags.`detune.kind` = 'study'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        if not found:
+            raise ConfigError(f"experiment {experiment!r} holds no study run (tag detune.kind=study); run a "
+                              "study with tracking on, or pass --run-id")
+        parent = found[0]
+        keys = (metric or parent.data.params.get("metric") or "metrics/mAP50-95", "lr/pg0", "lr_step/pg0")
+        query = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' AND tags.`detune.kind` = 'train'"
+        children, token = [], None
+        while True:
+            page = client.search_runs([exp.experiment_id], filter_string=query, max_results=1000,
+                                      page_token=token)
+            for r in page:
+                info, history = r.info, client.get_metric_history
+                children.append({
+                    "run_id": info.run_id, "name": info.run_name, "status": info.status,
+                    "tags": dict(r.data.tags), "params": dict(r.data.params),
+                    "seconds": (info.end_time - info.start_time) / 1000 if info.end_time else None,
+                    "history": {k: [(m.step, m.value) for m in history(info.run_id, k)] for k in keys}})
+            token = page.token
+            if not token:
+                break
+    except (ConfigError, TrackingError):
+        raise
+    except Exception as e:  # noqa: BLE001 - MLflow, SQLAlchemy and requests errors all mean the same here
+        raise TrackingError(f"cannot read experiment {experiment!r} from {redact(uri)}: "
+                            f"{type(e).__name__}: {e}") from e
+    return {"parent": {"run_id": parent.info.run_id, "name": parent.info.run_name,
+                       "params": dict(parent.data.params)}, "children": children}
