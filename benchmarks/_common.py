@@ -15,6 +15,7 @@ import platform
 import shlex
 import sys
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ def start(name: str) -> dict[str, Any]:
     argv = [Path(sys.executable).name, os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]
     head = {"benchmark": name, "command": shlex.join(argv),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_facts()}
+            "machine": machine_facts(), "started": time.monotonic()}
     print("command:", head["command"])
     print("date:", head["date"])
     print("machine:", json.dumps(head["machine"]), flush=True)
@@ -86,7 +87,9 @@ def save(out: Path, head: dict[str, Any], figures: dict[str, Any], markdown: str
     facts = (f"{m['cpu']}, {m['cores']} cores, GPUs: {', '.join(m.get('gpus') or []) or 'none'}; torch {m['torch']}, "
              f"ultralytics {m['ultralytics']}, ray {m['ray']}, mlflow {m['mlflow']}; load average at start "
              f"{m['load_average'][0]}")
-    section = (f"{markdown.strip()}\n\n- Measured {head['date']} on: {facts}.\n- Reproduce: `{head['command']}`\n")
+    head = {**{k: v for k, v in head.items() if k != "started"}, "seconds": round(time.monotonic() - head["started"])}
+    section = (f"{markdown.strip()}\n\n- Measured {head['date']} on: {facts}; took {head['seconds'] / 60:.1f} min."
+               f"\n- Reproduce: `{head['command']}`\n")
     (out / f"{name}.json").write_text(json.dumps({**head, **figures}, indent=1, default=str))
     (out / f"{name}.md").write_text(section)
     print("\n" + section, flush=True)

@@ -55,7 +55,8 @@ def train_once(data: Path, lr0: float, recipe: dict[str, Any], project: Path, na
     finished = result.status == "completed" and len(result.history) == epochs
     maps = [h["metrics/mAP50-95"] for h in result.history
             if math.isfinite(h.get("metrics/mAP50-95", math.nan))]
-    losses = [v for v in (val_loss(h) for h in result.history) if math.isfinite(v)]
+    # a val loss of exactly 0 is Ultralytics' placeholder when the losses were not finite: not a real value
+    losses = [v for v in (val_loss(h) for h in result.history) if math.isfinite(v) and v > 0]
     return {"lr0": lr0, "status": result.status, "reason": result.reason, "epochs_run": len(result.history),
             "best_map": max(maps) if finished and maps else math.nan,
             "best_val_loss": min(losses) if finished and losses else math.nan,

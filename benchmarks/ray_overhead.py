@@ -64,8 +64,9 @@ def main() -> int:
     resources = ray.cluster_resources()
     print(f"cluster start: {cluster_start:.2f} s; resources {resources}", flush=True)
     with tempfile.TemporaryDirectory(prefix="detune-rayoh-") as tmp:
-        study = {"name": "overhead", "train": {"model": "yolo11n.yaml", "data": str(data), "epochs": 1, "imgsz": 32,
-                                                "device": "0" if args.gpu else "cpu"},
+        train = {"model": "yolo11n.yaml", "data": str(data), "epochs": 1, "imgsz": 32, "warmup_epochs": 0.0,
+                 "device": "0" if args.gpu else "cpu"}
+        study = {"name": "overhead", "train": train,
                  "search_space": {"lr0": {"loguniform": [1e-3, 1e-1]}}, "search": "random",
                  "trial_scheduler": "fifo", "num_samples": trials, "max_concurrent_trials": 1,
                  "resources_per_trial": {"cpu": 1, "gpu": 1 if args.gpu else 0}, "tracking": False,

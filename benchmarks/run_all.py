@@ -65,7 +65,8 @@ def main() -> int:
     p.add_argument("--only", nargs="+", choices=ORDER, default=list(ORDER))
     args = p.parse_args()
     if not args.render:
-        flags = [*(["--gpu"] if args.gpu else []), *(["--quick"] if args.quick else []), "--out", str(args.out)]
+        flags = [*(["--gpu"] if args.gpu else []), *(["--quick"] if args.quick else []),
+                 *(["--out", str(args.out)] if args.out != _common.RESULTS else [])]
         for name in args.only:
             start = time.monotonic()
             print(f"\n######## {name}", flush=True)

@@ -3,7 +3,8 @@
 Four strategies search the same knobs (lr0, lrf, momentum) for the same model, data, epochs per trial and
 training seed: detune's default study (Optuna TPE + ASHA on a log-uniform lr0), detune random search with
 FIFO (every trial runs to the end), Ultralytics' genetic ``model.tune()`` and ``model.tune(use_ray=True)``
-(Optuna + its ASHA, its Ray Tune callback on so it can stop trials per epoch). Each strategy runs in a fresh
+(Optuna + its ASHA, its Ray Tune callback on so it can stop trials per epoch). Both detune studies try the
+baseline (Ultralytics' defaults) first, as the genetic tuner does. Each strategy runs in a fresh
 process. A trial's fitness is Ultralytics' own: its best epoch's mAP50-95. The reference best is the best
 fitness any trial of any strategy reached in this run; a strategy "reaches" it when a trial gets within 1%.
 The cost is trial-epochs: epochs trained, summed over trials in the order they finished. Goal: detune's
@@ -35,7 +36,7 @@ LABELS = {"detune_default": "detune default (TPE + ASHA, log lr0)", "detune_rand
 GOALS = {"ultralytics_ga": 1 / 3, "ultralytics_ray": 1 / 2}
 METRIC = "metrics/mAP50-95"
 SPACE = {"lr0": (1e-4, 1e-1), "lrf": (0.01, 1.0), "momentum": (0.6, 0.98)}
-CPU = {"shapes": {"trials": 8, "epochs": 6, "imgsz": 64, "batch": 8, "n_train": 256},
+CPU = {"shapes": {"trials": 12, "epochs": 6, "imgsz": 64, "batch": 8, "n_train": 256},
        "coco128": {"trials": 4, "epochs": 3, "imgsz": 64, "batch": 16}}
 GPU = {"shapes": {"trials": 16, "epochs": 10, "imgsz": 256, "batch": 32, "n_train": 1024},
        "coco128": {"trials": 16, "epochs": 10, "imgsz": 320, "batch": 16}}
@@ -252,11 +253,13 @@ def main() -> int:
 Same search space for every strategy: lr0 in [{SPACE['lr0'][0]:g}, {SPACE['lr0'][1]:g}] (log-uniform in detune's
 default study, uniform elsewhere: Ultralytics' tuners have no log scale), lrf in [0.01, 1], momentum in
 [0.6, 0.98]; yolo11n.yaml from scratch, SGD, 1 warmup epoch, mosaic off, training seed 0, 2 trials at a time
-on 1 CPU each (the genetic tuner runs one at a time). detune's default study: Optuna TPE + ASHA (grace 2,
-reduction factor 2); Ultralytics + Ray: its Optuna search and ASHA (grace 2, reduction factor 3). Fitness is
-Ultralytics' own: mAP50-95 of a trial's best epoch. Trial-epochs are counted in the order epochs finished.
-The searchers' own random seeds cannot be set through Ultralytics' API (its genetic mutation draws from an
-unseeded generator), so each figure is one draw: rerun to see the spread.
+on 1 CPU each (the genetic tuner runs one at a time). detune's studies run the baseline (lr0 0.01, lrf 0.01,
+momentum 0.937: Ultralytics' defaults) first, as the genetic tuner does. detune's default study: Optuna TPE
+(random for its first 3 trials) + ASHA (grace 2, reduction factor 2); Ultralytics + Ray: its Optuna search
+and ASHA (grace 2, reduction factor 3). Fitness is Ultralytics' own: mAP50-95 of a trial's best epoch.
+Trial-epochs are counted in the order epochs finished. The searchers' own random seeds cannot be set
+through Ultralytics' API (its genetic mutation draws from an unseeded generator), so each figure is one
+draw: rerun to see the spread.
 
 {chr(10).join(s + chr(10) for s in sections)}"""
     _common.save(args.out, head, figures, md)

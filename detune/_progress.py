@@ -376,8 +376,7 @@ def tune_summary(result: Any, study: Any, *, report: Path | None, log: Path | No
     lines += [f"{name}: {path}" for name, path in (("report", report), ("log", log)) if path is not None]
     track = resolve_tracking(study.tracking, default_experiment=study.name)
     if result.parent_run_id and track is not None:
-        ui = (redact(track.uri) if track.uri.startswith("http") else
-              f"mlflow ui --backend-store-uri {track.uri}  (then open http://127.0.0.1:5000)")
+        ui = redact(track.uri) if track.uri.startswith("http") else f"detune ui --uri {track.uri}"
         lines.append(f"MLflow: experiment {track.experiment}, run {result.parent_run_id}: {ui}")
     return {"name": result.name, "metric": result.metric, "mode": result.mode, "interrupted": interrupted,
             "best_config": result.best_config, "best_params": result.best_params,
