@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -33,9 +35,8 @@ def summary(out: Path) -> list[str]:
                     f"{_common.ratio_text(o['time_ratio'], 1.02)}; peak memory ratio {o['rss_ratio']:.3f} |")
     for dataset, d in ((load("search") or {}).get("datasets") or {}).items():
         for other, goal in (("ultralytics_ga", 1 / 3), ("ultralytics_ray", 1 / 2)):
-            r = d["ratios"].get(other)
-            rows.append(f"| 2. search, {dataset}: trial-epochs vs {other} | <= {goal:.3g} | "
-                        + (f"{_common.ratio_text(r, goal)}" if r is not None else "no ratio: see section 2") + " |")
+            rows.append(f"| 2. search, {dataset}: detune default's trial-epochs / {other}'s | <= {goal:.3g} | "
+                        f"{search_verdict(d, other, goal)} |")
     if r := load("ray_overhead"):
         rows.append(f"| 3. Ray overhead per trial beyond model build | <= 1.5 s | "
                     f"{_common.ratio_text(r['median_overhead_s'], 1.5)} s; "
@@ -46,15 +47,29 @@ def summary(out: Path) -> list[str]:
     return rows
 
 
+def search_verdict(d: dict[str, Any], other: str, goal: float) -> str:
+    theirs, ratio = d["reach"][other], d["ratios"].get(other)
+    if d["reference"] <= 0:
+        return "not comparable: no trial of any strategy left mAP50-95 0 at this budget"
+    if ratio is not None:
+        return _common.ratio_text(ratio, goal) + ("" if theirs is not None else f" ({other} never reached it)")
+    best = d["curves"]["detune_default"][-1][1]
+    them = f"{other} reached it in {theirs}" if theirs is not None else f"{other} did not reach it either"
+    return (f"MISSED: detune default never reached the target {d['target']:.3f} (best {best:.3f} in "
+            f"{d['spent']['detune_default']} trial-epochs); {them}")
+
+
 def render(out: Path) -> Path:
     sections = [(out / f"{name}.md").read_text() for name in ORDER if (out / f"{name}.md").is_file()]
+    path = HERE / "RESULTS.md" if out == _common.RESULTS else out / "RESULTS.md"
+    folder = os.path.relpath(out, path.parent)
+    sections = [re.sub(r"\]\(([\w.-]+\.png)\)", rf"]({folder}/\1)", s) for s in sections]  # figures beside the JSON
     text = "\n".join([
         "# Benchmarks: latest results", "",
         "Written by `benchmarks/run_all.py` from `benchmarks/results/` (each section has its own date, machine and "
         "command; the JSON files beside them hold every figure). Protocols: the docstring of each script. Where a "
         "goal is missed, the section says by how much; `benchmarks/README.md` discusses why.", "",
         "## Summary", "", *summary(out), "", *sections])
-    path = HERE / "RESULTS.md" if out == _common.RESULTS else out / "RESULTS.md"
     path.write_text(text)
     return path
 

@@ -82,7 +82,7 @@ def run_ultralytics(strategy: str, s: dict[str, Any], data: Path, work: Path, gp
         model.tune(iterations=s["trials"], space={k: v for k, v in SPACE.items()}, **train)
         rows = [json.loads(line) for line in (work / strategy / "tune" / "tune_results.ndjson").open()]
         # sequential: iteration i finishes after i * epochs trial-epochs (no early stopping)
-        return [{"trial": f"iteration{r['iteration']}", "epochs": [
+        return [{"trial": f"iteration{r['iteration']}", "params": r.get("hyperparameters", {}), "epochs": [
             {"t": t0 + r["iteration"], "epoch": s["epochs"], "fitness": float(r["fitness"])}]} for r in rows]
     from ray import tune
 
@@ -104,7 +104,8 @@ def _events(result: Any, metric: str, trial: str) -> dict[str, Any]:
                 continue
             best = max(best, value)
             seen[int(epoch)] = {"t": float(row["timestamp"]), "epoch": int(epoch), "fitness": best}
-    return {"trial": trial, "epochs": sorted(seen.values(), key=lambda e: e["epoch"])}
+    params = {k: v for k, v in (result.config or {}).items() if k in SPACE}
+    return {"trial": trial, "params": params, "epochs": sorted(seen.values(), key=lambda e: e["epoch"])}
 
 
 def child(strategy: str, dataset: str, s: dict[str, Any], data: Path, work: Path, gpu: bool) -> dict[str, Any]:
