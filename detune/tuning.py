@@ -197,6 +197,7 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
              "detune_restored_from": restored_from or "", "detune_status": "running"}
     result = training.run(cfg, observers=[_TrialState(trial_id), _Reporter(extra)], resume_from=resume_from,
                           tracking=tracking, fit=payload.get("fit"))
+    _release_memory()  # this worker runs the next trial too (reuse_actors)
     if result.status == "diverged":
         worst = -math.inf if payload["mode"] == "max" else math.inf
         last = result.history[-1] if result.history else {}
@@ -204,6 +205,16 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
                      "detune_reason": result.reason or ""})
     elif result.status == "failed":
         raise TuneError(f"trial {trial_id} failed: {result.reason}")
+
+
+def _release_memory() -> None:
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class _TrialState:
