@@ -21,6 +21,7 @@ import _common
 
 HERE = Path(__file__).resolve().parent
 ORDER = ("overhead", "ray_overhead", "search", "lr_finder")  # timing-sensitive ones first, on a quiet machine
+SECTIONS = ("overhead", "search", "ray_overhead", "lr_finder")  # the numbering, 1 to 4
 
 
 def summary(out: Path) -> list[str]:
@@ -60,7 +61,7 @@ def search_verdict(d: dict[str, Any], other: str, goal: float) -> str:
 
 
 def render(out: Path) -> Path:
-    sections = [(out / f"{name}.md").read_text() for name in ORDER if (out / f"{name}.md").is_file()]
+    sections = [(out / f"{name}.md").read_text() for name in SECTIONS if (out / f"{name}.md").is_file()]
     path = HERE / "RESULTS.md" if out == _common.RESULTS else out / "RESULTS.md"
     folder = os.path.relpath(out, path.parent)
     sections = [re.sub(r"\]\(([\w.-]+\.png)\)", rf"]({folder}/\1)", s) for s in sections]  # figures beside the JSON
