@@ -46,9 +46,9 @@ QUICK = {"shapes": {"trials": 2, "epochs": 2, "imgsz": 32, "batch": 8, "n_train"
 
 def train_settings(s: dict[str, Any], data: Path, gpu: bool) -> dict[str, Any]:
     return {"model": "yolo11n.yaml", "data": str(data), "epochs": s["epochs"], "imgsz": s["imgsz"],
-            "batch": s["batch"], "nbs": s["batch"], "optimizer": "SGD", "warmup_epochs": 1.0, "mosaic": 0.0,
-            "close_mosaic": 0, "workers": 0 if not gpu else 4, "plots": False, "seed": 0,
-            "device": "0" if gpu else "cpu"}
+            "batch": s["batch"], "nbs": s["batch"], "optimizer": "SGD", "mosaic": 0.0, "close_mosaic": 0,
+            "warmup_epochs": min(1.0, s["epochs"] - 1.0),  # 1, or none in a 1-epoch smoke run
+            "workers": 0 if not gpu else 4, "plots": False, "seed": 0, "device": "0" if gpu else "cpu"}
 
 
 # ---- one strategy, in a child process ------------------------------------------------------------------
