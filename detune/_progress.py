@@ -359,7 +359,7 @@ def train_summary(result: Any, log: Path | None) -> Summary:
 
 def tune_summary(result: Any, study: Any, *, report: Path | None, log: Path | None, elapsed: float,
                  interrupted: bool) -> Summary:
-    from detune.tracking import redact, resolve_tracking
+    from detune.tracking_config import redact, resolve_tracking
 
     counts = {s: sum(t["status"] == s for t in result.trials) for s in _DONE}
     epochs = sum(int(t.get("epochs_run") or 0) for t in result.trials)

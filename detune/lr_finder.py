@@ -236,12 +236,12 @@ def range_test(cfg: TrainConfig, settings: FinderSettings | None = None, *, trac
         TrackingError: when tracking is on and the store cannot be reached.
         AdapterError: when the model cannot be built or the short training fails.
     """
-    from detune import tracking as tracking_mod
     from detune.datasets import check_dataset
+    from detune.tracking_config import resolve_tracking
     from detune.training import resolve_data
 
     settings = settings or FinderSettings()
-    track = tracking_mod.resolve_tracking(cfg.tracking if tracking is None else tracking)
+    track = resolve_tracking(cfg.tracking if tracking is None else tracking)
     data_yaml = resolve_data(cfg.data)
     dataset = check_dataset(data_yaml)
     recorded = {k: v for k, v in cfg.to_dict().items() if k in _RECORDED}

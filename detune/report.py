@@ -265,8 +265,9 @@ def load_experiment(experiment: str, *, tracking_uri: str | None = None, run_id:
         ConfigError: no such store, experiment or study run. TrackingError: the store cannot be read.
     """
     from detune import tracking
+    from detune.tracking_config import absolute_uri, default_uri, redact
 
-    uri = tracking.absolute_uri(tracking_uri) if tracking_uri else tracking.default_uri()
+    uri = absolute_uri(tracking_uri) if tracking_uri else default_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):].partition("?")[0]).is_file():
         raise ConfigError(f"no study folder {experiment!r} and no MLflow store at {uri}; pass a study "
                           "output_dir (with trials.csv), or an experiment name with --tracking-uri")
@@ -279,7 +280,7 @@ def load_experiment(experiment: str, *, tracking_uri: str | None = None, run_id:
     epochs = _float(parent["params"].get("train.epochs"))
     return StudyData(name=parent["name"] or experiment, metric=metric, mode=mode,
                      trials=sorted(trials, key=lambda t: t.trial_id),
-                     source=f"{tracking.redact(uri)} experiment {experiment!r}, run {parent['run_id']}",
+                     source=f"{redact(uri)} experiment {experiment!r}, run {parent['run_id']}",
                      epochs=int(epochs) if _finite(epochs) else None)
 
 

@@ -9,10 +9,9 @@ Step numbering: per-epoch metrics are logged at ``step = epoch`` counted from 1 
 ``epoch`` and Ultralytics' results.csv); ``lr_step/pg{i}`` is logged at ``step =`` the global optimizer
 step counted from 0 (as ``TrainResult.steps``).
 
+Which store and run (``TrackingConfig``, ``resolve_tracking``) lives in ``detune.tracking_config``.
+
 Example:
-    >>> cfg = resolve_tracking("sqlite:///runs/mlflow.db", default_experiment="demo")
-    >>> cfg.uri.startswith("sqlite:////"), cfg.experiment
-    (True, 'demo')
     >>> sanitize_key("metrics/mAP50-95(B)")
     'metrics/mAP50-95_B_'
 """
@@ -20,8 +19,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import difflib
 import functools
 import json
 import logging
@@ -35,12 +32,12 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detune.errors import ConfigError, TrackingError
+from detune.tracking_config import TrackingConfig, redact
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -49,126 +46,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = "detune"
-DEFAULT_DB = "mlflow.db"  # MLflow 3's own default store: sqlite:///mlflow.db in the working directory
 UNLOGGED_FILE = "mlflow_unlogged.json"
 PROBE_TIMEOUT = 3.0  # seconds for the reachability probe of an HTTP server
 _CALL_TIMEOUT, _UPLOAD_TIMEOUT = 10, 60  # seconds per MLflow HTTP call / artifact upload
 _MAX_ENTITIES, _MAX_PARAMS_TAGS = 1000, 100  # MLflow's log_batch limits
 _MAX_KEY, _MAX_PARAM_VALUE, _MAX_TAG_VALUE = 250, 6000, 8000
-_MAPPING_KEYS = ("uri", "experiment", "run_name", "tags", "flush_timeout")
 _STATUSES = {"completed": "FINISHED", "diverged": "FINISHED", "finished": "FINISHED", "failed": "FAILED",
              "killed": "KILLED", "interrupted": "KILLED"}
 _PACKAGES = ("detune", "ultralytics", "torch", "ray", "mlflow")
 _FIX = "or set tracking: false to train without tracking"
-
-
-@dataclass(frozen=True)
-class TrackingConfig:
-    """Where and how one run (or study) is tracked.
-
-    Args:
-        uri: Resolved, absolute tracking URI (``resolve_tracking`` makes relative sqlite/file paths absolute,
-            because Ray trials run in other working directories).
-        experiment: MLflow experiment name, created on first use.
-        run_name: Name shown in the MLflow UI; None lets MLflow pick one.
-        parent_run_id: Nest the run under this one (tag ``mlflow.parentRunId``).
-        run_id: Continue this existing run instead of creating one (study resume).
-        tags: Extra run tags, e.g. ``{"detune.trial_id": "a1b2"}``.
-        flush_timeout: Seconds ``finish`` keeps retrying (with backoff) to send buffered points, artifacts and
-            the final status before it reports what is left; >= 0.
-    """
-
-    uri: str
-    experiment: str = DEFAULT_EXPERIMENT
-    run_name: str | None = None
-    parent_run_id: str | None = None
-    run_id: str | None = None
-    tags: Mapping[str, str] = field(default_factory=dict)
-    flush_timeout: float = 30.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.uri, str) or not self.uri:
-            raise ConfigError(f"tracking.uri ({self.uri!r}) must be a tracking URI, e.g. sqlite:///mlflow.db")
-        if not isinstance(self.experiment, str) or not self.experiment.strip():
-            raise ConfigError(f"tracking.experiment ({self.experiment!r}) must be a name, e.g. demo")
-        if not isinstance(self.tags, Mapping):
-            raise ConfigError(f"tracking.tags ({self.tags!r}) must be a mapping, e.g. {{team: vision}}")
-        timeout = self.flush_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
-            raise ConfigError(f"tracking.flush_timeout ({timeout!r}) must be a number of seconds >= 0")
-
-    def replace(self, **changes: Any) -> TrackingConfig:
-        return dataclasses.replace(self, **changes)
-
-
-# ---- configuration -------------------------------------------------------------------------------------
-def default_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else MLflow 3's default ``sqlite:///<cwd>/mlflow.db`` (absolute)."""
-    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    return absolute_uri(env) if env else "sqlite:///" + str(Path(DEFAULT_DB).resolve())
-
-
-def absolute_uri(uri: str) -> str:
-    """Make local stores absolute: ``sqlite:///rel.db``, ``file:rel``, plain paths (``*.db`` means sqlite)."""
-    text = uri.strip()
-    scheme = urllib.parse.urlsplit(text).scheme
-    if scheme == "sqlite" and text.startswith("sqlite:///"):
-        path, sep, query = text[len("sqlite:///"):].partition("?")
-        return "sqlite:///" + str(Path(urllib.parse.unquote(path)).expanduser().resolve()) + sep + query
-    if scheme == "file":
-        return Path(urllib.parse.unquote(urllib.parse.urlsplit(text).path)).expanduser().resolve().as_uri()
-    if scheme in ("http", "https"):
-        return text.rstrip("/")
-    if scheme == "":
-        path = Path(text).expanduser().resolve()
-        return "sqlite:///" + str(path) if path.suffix in (".db", ".sqlite") else path.as_uri()
-    return text
-
-
-def resolve_tracking(value: Any, *, default_experiment: str = DEFAULT_EXPERIMENT) -> TrackingConfig | None:
-    """Turn a ``tracking`` setting into a ``TrackingConfig``, or None when tracking is off.
-
-    Args:
-        value: False/None (off), True (default store, see ``default_uri``), a tracking URI, a mapping with
-            ``uri``, ``experiment``, ``run_name``, ``tags``, ``flush_timeout`` (all optional), or a
-            ``TrackingConfig`` (returned as is).
-        default_experiment: Experiment name used when ``value`` does not name one.
-
-    Raises:
-        ConfigError: for any other value or an unknown mapping key.
-    """
-    if value is None or value is False:
-        return None
-    if isinstance(value, TrackingConfig):
-        return value
-    if value is True:
-        return TrackingConfig(uri=default_uri(), experiment=default_experiment)
-    if isinstance(value, (str, os.PathLike)) and str(value).strip():
-        return TrackingConfig(uri=absolute_uri(str(value)), experiment=default_experiment)
-    if isinstance(value, Mapping):
-        for key in value:
-            if key not in _MAPPING_KEYS:
-                close = difflib.get_close_matches(str(key), _MAPPING_KEYS, n=1)
-                hint = f"did you mean {close[0]}?" if close else f"valid keys are {', '.join(_MAPPING_KEYS)}"
-                raise ConfigError(f"tracking.{key} is not a tracking setting; {hint}")
-        uri = value.get("uri")
-        return TrackingConfig(
-            uri=absolute_uri(str(uri)) if uri else default_uri(), run_name=value.get("run_name"),
-            experiment=value.get("experiment") or default_experiment,
-            tags={str(k): str(v) for k, v in (value.get("tags") or {}).items()},
-            flush_timeout=value.get("flush_timeout", 30.0))
-    raise ConfigError(f"tracking ({value!r}) must be false, true (local store ./{DEFAULT_DB}), a tracking "
-                      "URI such as http://127.0.0.1:5000, or a mapping {uri, experiment, run_name, tags}")
-
-
-def redact(uri: str) -> str:
-    """The URI without a password (``http://user:***@host``), for messages and logged config."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def sanitize_key(key: str) -> str:

@@ -162,8 +162,9 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
     """
     from detune import tracking as tracking_mod
     from detune.datasets import check_dataset
+    from detune.tracking_config import resolve_tracking
 
-    track = tracking_mod.resolve_tracking(cfg.tracking if tracking is None else tracking)
+    track = resolve_tracking(cfg.tracking if tracking is None else tracking)
     finder = None
     if cfg.lr0 == "auto":  # resolved first: params, effective_lr0 and the adapter only ever see a number
         from detune.lr_finder import resolve_auto_lr0

@@ -252,6 +252,7 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
     study = config if isinstance(config, StudyConfig) else load_study(config, **overrides)
     _runtime.prepare()
     from detune import tracking as tr
+    from detune.tracking_config import resolve_tracking
 
     try:
         study.output_dir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +261,7 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
                         "folder with output_dir=...") from e
     state_file = study.output_dir / STUDY_STATE
     state = json.loads(state_file.read_text()) if resume and state_file.is_file() else {}
-    tcfg = tr.resolve_tracking(study.tracking, default_experiment=study.name)
+    tcfg = resolve_tracking(study.tracking, default_experiment=study.name)
     parent_run_id = state.get("parent_run_id")
     if tcfg is not None:
         tr.check_reachable(tcfg)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from detune.errors import TrackingError
-from detune.tracking import absolute_uri, default_uri
+from detune.tracking_config import absolute_uri, default_uri
 
 LOOPBACK = "127.0.0.1"
 

@@ -20,7 +20,8 @@ import pytest
 from detune import tracking
 from detune.config import TrainConfig, load_config
 from detune.errors import ConfigError, TrackingError
-from detune.tracking import RunLogger, TrackingConfig, resolve_tracking, sanitize_key
+from detune.tracking import RunLogger, TrackingConfig, sanitize_key
+from detune.tracking_config import resolve_tracking
 from detune.training import TrainResult, resolved_config
 
 SECRET = "sk-fake-123"
