@@ -295,7 +295,7 @@ def lr_find(model: str = "yolo11n.yaml", data: str = "shapes", *, min_lr: float 
         stop_factor: stop once the smoothed loss exceeds this x its minimum, > 1; None: sweep to max_lr.
         optimizer: SGD, Adam, AdamW, ... (not "auto"); batch, imgsz, seed, device: as in ``detune.train``.
         augment: False turns mosaic, mixup, cutmix and copy_paste off for the sweep.
-        tracking: False, True, a tracking URI, a mapping or a ``TrackingConfig`` (see ``detune.tracking``):
+        tracking: False, True, a tracking URI, a mapping or a ``TrackingConfig`` (see ``detune.tracking_config``):
             the sweep becomes its own MLflow run (``lr_finder/loss``, ``lr_finder/smoothed``,
             ``lr_finder/lr`` at step = iteration, the plot, the suggestions).
         **train_overrides: any other ``detune.train`` / Ultralytics setting (momentum, weight_decay,
