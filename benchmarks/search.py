@@ -79,7 +79,7 @@ def run_ultralytics(strategy: str, s: dict[str, Any], data: Path, work: Path, gp
     model = YOLO(train.pop("model"))
     if strategy == "ultralytics_ga":
         t0 = time.time()
-        model.tune(iterations=s["trials"], space={k: v for k, v in SPACE.items()}, **train)
+        model.tune(iterations=s["trials"], space=dict(SPACE), **train)
         rows = [json.loads(line) for line in (work / strategy / "tune" / "tune_results.ndjson").open()]
         # sequential: iteration i finishes after i * epochs trial-epochs (no early stopping)
         return [{"trial": f"iteration{r['iteration']}", "params": r.get("hyperparameters", {}), "epochs": [

@@ -526,13 +526,12 @@ def ui(uri: Annotated[str | None, typer.Option("--uri", help="MLflow store (defa
     import signal
     import subprocess
 
+    from detune import _runtime
     from detune.ui import ui_command
 
     server = _guard(lambda: ui_command(uri, host=host, port=port), debug)
     if server.warning:
         typer.echo(f"warning: {server.warning}", err=True)
-    from detune import _runtime
-
     log = _runtime.home() / "ui.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     typer.echo(f"MLflow UI for {server.store} at {server.url}  (Ctrl-C to stop; server log: {log})")

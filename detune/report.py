@@ -265,10 +265,10 @@ def load_experiment(experiment: str, *, tracking_uri: str | None = None, run_id:
         ConfigError: no such store, experiment or study run. TrackingError: the store cannot be read.
     """
     from detune import tracking
-    from detune.tracking_config import absolute_uri, default_uri, redact
+    from detune.tracking_config import absolute_uri, default_uri, local_path, redact
 
     uri = absolute_uri(tracking_uri) if tracking_uri else default_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):].partition("?")[0]).is_file():
+    if uri.startswith("sqlite:///") and not local_path(uri).is_file():
         raise ConfigError(f"no study folder {experiment!r} and no MLflow store at {uri}; pass a study "
                           "output_dir (with trials.csv), or an experiment name with --tracking-uri")
     runs = tracking.read_study_runs(uri, experiment, run_id=run_id, metric=metric)

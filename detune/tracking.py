@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detune.errors import ConfigError, TrackingError
-from detune.tracking_config import TrackingConfig, redact
+from detune.tracking_config import TrackingConfig, local_path, redact
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -124,14 +124,6 @@ def _short(e: object, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _local_path(uri: str) -> Path | None:
-    if uri.startswith("sqlite:///"):
-        return Path(urllib.parse.unquote(uri[len("sqlite:///"):].partition("?")[0]))
-    if uri.startswith("file:"):
-        return Path(urllib.parse.unquote(urllib.parse.urlsplit(uri).path))
-    return None
-
-
 def check_reachable(cfg: TrackingConfig) -> None:
     """Fail fast (seconds) when the store cannot be used: HTTP ``GET /health``, or a writable local directory.
 
@@ -151,7 +143,7 @@ def check_reachable(cfg: TrackingConfig) -> None:
                                 "start it (e.g. `mlflow server --host 127.0.0.1 --port 5000`), point "
                                 f"tracking or MLFLOW_TRACKING_URI at a running server, {_FIX}")
         return
-    path = _local_path(cfg.uri)
+    path = local_path(cfg.uri)
     if path is not None:
         folder = path.parent if parts.scheme == "sqlite" else path
         existing = next(p for p in (folder, *folder.parents) if p.exists())
@@ -168,7 +160,7 @@ def prepare_store(cfg: TrackingConfig) -> str:
 
     Two processes creating a fresh sqlite DB at once crash one of them, so a study calls this in its driver.
     """
-    path = _local_path(cfg.uri)
+    path = local_path(cfg.uri)
     if path is not None and cfg.uri.startswith("sqlite:"):
         path.parent.mkdir(parents=True, exist_ok=True)
     with _as_tracking_error(cfg, f"cannot open experiment {cfg.experiment!r}"):

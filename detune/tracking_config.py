@@ -89,6 +89,15 @@ def absolute_uri(uri: str) -> str:
     return text
 
 
+def local_path(uri: str) -> Path | None:
+    """The file or folder of a local store (``sqlite:///...`` or ``file:...``); None for a server."""
+    if uri.startswith("sqlite:///"):
+        return Path(urllib.parse.unquote(uri[len("sqlite:///"):].partition("?")[0]))
+    if uri.startswith("file:"):
+        return Path(urllib.parse.unquote(urllib.parse.urlsplit(uri).path))
+    return None
+
+
 def resolve_tracking(value: Any, *, default_experiment: str = DEFAULT_EXPERIMENT) -> TrackingConfig | None:
     """Turn a ``tracking`` setting into a ``TrackingConfig``, or None when tracking is off.
 

@@ -10,12 +10,10 @@ import ipaddress
 import os
 import socket
 import sys
-import urllib.parse
-from pathlib import Path
 from typing import NamedTuple
 
 from detune.errors import TrackingError
-from detune.tracking_config import absolute_uri, default_uri
+from detune.tracking_config import absolute_uri, default_uri, local_path
 
 LOOPBACK = "127.0.0.1"
 
@@ -40,14 +38,10 @@ def ui_command(uri: str | None = None, *, host: str = LOOPBACK, port: int = 5000
         TrackingError: the store is a server already, does not exist, or the port is taken.
     """
     store = absolute_uri(uri) if uri else default_uri()
-    parts = urllib.parse.urlsplit(store)
-    if parts.scheme in ("http", "https", "databricks"):
-        raise TrackingError(f"tracking URI {store} is a server already: open it in a browser; detune ui serves "
-                            "local stores (sqlite:///path/mlflow.db or a file: folder)")
-    if parts.scheme == "sqlite":
-        path = Path(urllib.parse.unquote(store[len("sqlite:///"):].partition("?")[0]))
-    else:
-        path = Path(urllib.parse.unquote(parts.path) if parts.scheme == "file" else store)
+    path = local_path(store)
+    if path is None:
+        raise TrackingError(f"tracking URI {store} is not a local store: open a server in a browser; detune ui "
+                            "serves local stores (sqlite:///path/mlflow.db or a file: folder)")
     if not path.exists():
         raise TrackingError(f"no MLflow store at {path}: run a training or study with tracking on first, or pass "
                             "--uri sqlite:///path/to/mlflow.db")
