@@ -266,12 +266,25 @@ def test_detune_ui_refuses_a_missing_store_and_warns_off_loopback(tmp_path: Path
 
     result = CliRunner().invoke(app, ["ui", "--uri", f"sqlite:///{tmp_path / 'none.db'}"])
     assert result.exit_code == 1 and "none.db" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["ui", "--uri", "http://127.0.0.1:5000"])
+    assert result.exit_code == 1 and "not a local store" in result.output
+    import socket
+
     from detune.ui import ui_command
 
+    with socket.socket() as s:  # a port free on every interface, so the check that it is free passes
+        s.bind(("0.0.0.0", 0))
+        port = s.getsockname()[1]
     store = tmp_path / "mlflow.db"
     store.touch()
-    exposed = ui_command(f"sqlite:///{store}", host="0.0.0.0", port=5000)
+    exposed = ui_command(f"sqlite:///{store}", host="0.0.0.0", port=port)
     assert exposed.cmd[exposed.cmd.index("--host") + 1] == "0.0.0.0" and "no login" in exposed.warning
-    local = ui_command(f"sqlite:///{store}")
+    local = ui_command(f"sqlite:///{store}", port=port)
     assert local.cmd[local.cmd.index("--host") + 1] == "127.0.0.1" and local.warning is None
-    assert local.url == "http://127.0.0.1:5000" and local.env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert local.url == f"http://127.0.0.1:{port}" and local.env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    with socket.socket() as taken:  # a port in use: an error naming it and the fix, before any server starts
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        with pytest.raises(TrackingError, match=rf"127.0.0.1:{busy}.*--port"):
+            ui_command(f"sqlite:///{store}", port=busy)
