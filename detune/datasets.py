@@ -35,6 +35,8 @@ class DatasetInfo:
     val_instances: int
     val_is_train: bool
     warnings: tuple[str, ...] = ()
+    train_dropped: tuple[str, ...] = ()  # images Ultralytics cannot decode and skips (not in the counts)
+    val_dropped: tuple[str, ...] = ()
 
     @property
     def nc(self) -> int:
@@ -53,6 +55,8 @@ class DatasetInfo:
             "data.val_instances": self.val_instances,
             "data.val_is_train": "true" if self.val_is_train else "false",
             "data.warnings": len(self.warnings),
+            "data.train_dropped": len(self.train_dropped),
+            "data.val_dropped": len(self.val_dropped),
         }
 
     def to_ultralytics(self) -> dict[str, Any]:
@@ -94,14 +98,18 @@ def check_dataset(data: str | Path, *, datasets_dir: str | Path | None = None) -
     image. A label line is ``class x_center y_center width height`` (or ``class x1 y1 x2 y2 ...``, a
     polygon): class an integer in ``0..nc-1``, coordinates in [0, 1] give or take ``COORD_TOLERANCE``,
     width and height >= 0.
-    Images are not decoded.
+    Every image's header is opened with Pillow, as Ultralytics does before training: a file that does not
+    open, is smaller than 10 px a side or is in a format Ultralytics does not read is skipped by Ultralytics,
+    so it is left out of the counts, listed in ``train_dropped``/``val_dropped`` and named in a warning.
+    Paths are de-duplicated by the file they resolve to; a symlink to a folder that contains it is refused.
 
     Args:
         data: path of the data YAML (``.yaml``/``.yml``).
         datasets_dir: last folder to try for a relative ``path`` (Ultralytics' ``datasets_dir`` setting).
 
     Returns:
-        A ``DatasetInfo``; ``warnings`` lists non-fatal findings (val equal to train, images without labels).
+        A ``DatasetInfo``; ``warnings`` lists non-fatal findings (val equal to train, images without labels,
+        unreadable images, duplicated paths).
 
     Raises:
         DatasetError: naming the file (and line) at fault, the bad value and the fix.
@@ -121,15 +129,19 @@ def check_dataset(data: str | Path, *, datasets_dir: str | Path | None = None) -
     if "val" not in raw and "validation" in raw:
         raw["val"] = raw.pop("validation")
         notes.append(f"{yaml_path}: key 'validation' read as 'val' (as Ultralytics does); rename it to 'val'")
-    reader = _LabelReader(len(names))
+    reader, opener = _LabelReader(len(names)), _ImageChecker()
     splits: dict[str, tuple[tuple[Path, ...], list[str], tuple[int, int, str | None]]] = {}
+    dropped: dict[str, tuple[str, ...]] = {}
     lines.setdefault("val", lines.get("validation", 1))
+    found: dict[str, list[str]] = {}
     for key in ("train", "val"):
         sources = _sources(yaml_path, raw, lines, key, root)
-        images = _images(yaml_path, lines[key], key, sources)
+        found[key] = _images(yaml_path, lines[key], key, sources, notes)
+        said = key == "val" and found["val"] == found["train"]  # val is train: every finding is said once
+        images, dropped[key] = opener.split(yaml_path, lines[key], key, found[key], [] if said else notes)
         splits[key] = (sources, images, reader.read_all(images))
     reader.raise_if_errors(yaml_path)
-    return _info(yaml_path, root, names, lines, splits, notes)
+    return _info(yaml_path, root, names, lines, splits, notes, dropped)
 
 
 def _load_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
@@ -289,7 +301,8 @@ def _sources(
     return tuple(sources)
 
 
-def _images(path: Path, line: int, key: str, sources: tuple[Path, ...]) -> list[str]:
+def _images(path: Path, line: int, key: str, sources: tuple[Path, ...], notes: list[str]) -> list[str]:
+    """The split's image paths, one per real file (a path outside symlinks wins, else the first sorted)."""
     files: list[str] = []
     for source in sources:
         files += _walk_images(source) if source.is_dir() else _list_file(source)
@@ -299,7 +312,18 @@ def _images(path: Path, line: int, key: str, sources: tuple[Path, ...]) -> list[
             f"{path}:{line}: {key} has no images in {where}; supported suffixes: "
             f"{', '.join(sorted(IMG_FORMATS))}"
         )
-    return sorted(files)
+    by_file: dict[str, list[str]] = {}
+    for file in sorted(files):
+        by_file.setdefault(os.path.realpath(file), []).append(file)
+    kept = [real if real in paths else paths[0] for real, paths in by_file.items()]
+    if len(kept) < len(files):
+        real, paths = next((r, p) for r, p in by_file.items() if len(p) > 1)
+        notes.append(
+            f"{len(files) - len(kept)} {key} image paths are duplicates: they resolve to the same file as "
+            f"another path (e.g. {' and '.join(paths[:2])} are both {real}); each file is counted once here, "
+            "but Ultralytics trains on every path; remove the extra symlinks or list entries"
+        )
+    return sorted(kept)
 
 
 def _is_image(name: str) -> bool:
@@ -310,6 +334,15 @@ def _walk_images(folder: Path) -> list[str]:
     found: list[str] = []
     for top, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith(".")]  # glob("**/*.*") skips hidden entries too
+        real_top = os.path.realpath(top)
+        for name in dirs:
+            target = os.path.realpath(os.path.join(top, name))
+            if real_top == target or real_top.startswith(target + os.sep):  # Ultralytics' glob would loop ~40x
+                raise DatasetError(
+                    f"{os.path.join(top, name)} is a symlink loop: it points to {target}, a folder that contains "
+                    f"it, so Ultralytics would read the same images again and again; remove the link or point "
+                    f"it outside {target}"
+                )
         found += [os.path.join(top, f) for f in files if not f.startswith(".") and _is_image(f)]
     return found
 
@@ -331,6 +364,65 @@ def _list_file(source: Path) -> list[str]:
             )
         found.append(image)
     return found
+
+
+class _ImageChecker:
+    """Opens each image's header once, as Ultralytics' ``check_image`` does, and says why it would skip it."""
+
+    def __init__(self) -> None:
+        self._why: dict[str, str | None] = {}
+
+    def split(
+        self, path: Path, line: int, key: str, images: list[str], notes: list[str]
+    ) -> tuple[list[str], tuple[str, ...]]:
+        """The readable images and the skipped ones; a warning names the skipped ones, none readable raises."""
+        todo = [image for image in images if image not in self._why]
+        if len(todo) > 64:  # header reads wait on the disk: overlap them (a cold COCO-sized folder)
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                self._why.update(zip(todo, pool.map(_unreadable, todo), strict=True))
+        else:
+            self._why.update((image, _unreadable(image)) for image in todo)
+        bad = [(image, self._why[image]) for image in images if self._why[image] is not None]
+        if not bad:
+            return images, ()
+        named = ", ".join(f"{image} ({why})" for image, why in bad[:_MAX_REPORTED])
+        more = f" and {len(bad) - _MAX_REPORTED} more" if len(bad) > _MAX_REPORTED else ""
+        if len(bad) == len(images):
+            raise DatasetError(
+                f"{path}:{line}: {key}: none of its {len(images)} images can be read ({named}{more}); "
+                "replace them with valid images"
+            )
+        notes.append(
+            f"{len(bad)} of {len(images)} {key} images cannot be read and Ultralytics skips them when it trains: "
+            f"{named}{more}; replace or remove them"
+        )
+        skipped = {image for image, _ in bad}
+        return [i for i in images if i not in skipped], tuple(image for image, _ in bad)
+
+
+def _unreadable(image: str) -> str | None:
+    """Why Ultralytics would skip this image (``ultralytics/data/utils.py`` ``check_image``), or None."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if os.path.getsize(image) == 0:
+            return "empty file, 0 bytes"
+        with Image.open(image) as im:
+            im.verify()
+            width, height, fmt = im.width, im.height, (im.format or "?").lower()
+    except UnidentifiedImageError:
+        if image.rpartition(".")[-1].lower() in {"heic", "heif"}:
+            return "HEIF: Ultralytics reads it only with the pi-heif package installed (pip install pi-heif)"
+        return "not an image Pillow can read"
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: Ultralytics skips it the same
+        return f"cannot be decoded: {type(exc).__name__}: {exc}"
+    if width < 10 or height < 10:
+        return f"{width}x{height} px: Ultralytics needs at least 10 px a side"
+    if fmt not in IMG_FORMATS | {"jpeg2000"}:
+        return f"format {fmt!r} is not one Ultralytics reads"
+    return None
 
 
 def _label_path(image: str) -> str:
@@ -394,7 +486,9 @@ class _LabelReader:
                 problem = _check_row(fields, self.nc)
                 if problem:
                     self._problem(f"{label}:{number}: {problem}")
-                count, kinds = count + 1, kinds | {len(fields) == 5}
+                else:  # a malformed row is reported above; it is neither a box nor a polygon
+                    kinds.add(len(fields) == 5)
+                count += 1
         if len(kinds) == 2:
             self._problem(
                 f"{label}: mixes box rows (5 numbers) and polygon rows; Ultralytics drops this image; "
@@ -455,6 +549,7 @@ def _info(
     lines: dict[str, int],
     splits: dict[str, tuple[tuple[Path, ...], list[str], tuple[int, int, str | None]]],
     notes: list[str],
+    dropped: dict[str, tuple[str, ...]],
 ) -> DatasetInfo:
     (train_sources, train_images, train_counts), (val_sources, val_images, val_counts) = (
         splits["train"],
@@ -503,6 +598,8 @@ def _info(
         val_instances=val_counts[0],
         val_is_train=val_is_train,
         warnings=tuple(warnings),
+        train_dropped=dropped["train"],
+        val_dropped=dropped["val"],
     )
 
 

@@ -31,12 +31,24 @@ def digests(root: Path) -> dict[str, str]:
     }
 
 
+def tiny_jpeg() -> bytes:
+    """A valid 16x16 JPEG (check_dataset opens every image's header)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (120, 60, 30)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
 def write_dataset(root: Path, labels: dict[str, str], yaml_text: str | None = None) -> Path:
-    """images/<split>/<name>.jpg (empty: images are never decoded) with labels/<split>/<name>.txt."""
+    """images/<split>/<name>.jpg (a valid tiny JPEG) with labels/<split>/<name>.txt."""
+    image = tiny_jpeg()
     for key, text in labels.items():
         split, name = key.split("/")
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "images" / split / f"{name}.jpg").write_bytes(b"")
+        (root / "images" / split / f"{name}.jpg").write_bytes(image)
         if text is not None:
             (root / "labels" / split).mkdir(parents=True, exist_ok=True)
             (root / "labels" / split / f"{name}.txt").write_text(text)
@@ -344,6 +356,15 @@ def test_label_errors(tmp_path: Path, row: str, message: str) -> None:
         check_dataset(data)
 
 
+def test_four_value_label_line_is_one_problem_not_a_polygon_mix(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path, {**GOOD, "train/t1": "1 0.5 0.5 0.5 0.5\n0 0.5 0.5 0.2\n"})
+    with pytest.raises(DatasetError, match=r"1 label problem\(s\)") as caught:
+        check_dataset(data)
+    text = str(caught.value)
+    assert "t1.txt:2: expected 5 numbers 'class x_center y_center width height', got 4: '0 0.5 0.5 0.2'" in text
+    assert "mixes" not in text and "polygon rows" not in text
+
+
 def test_label_errors_are_collected_and_capped(tmp_path: Path) -> None:
     bad = "".join("9 0.5 0.5 0.1 0.1\n" for _ in range(12))
     data = write_dataset(tmp_path, {**GOOD, "train/t0": bad, "val/v0": "0 2 0.5 0.1 0.1\n"})
@@ -370,6 +391,65 @@ def test_no_labels_at_all_is_an_error(tmp_path: Path) -> None:
         DatasetError, match=r"data.yaml:1: no labelled objects in train; .*labels/train/t0.txt"
     ):
         check_dataset(data)
+
+
+# ---- images that do not decode, symlinks -------------------------------------------------------------------
+
+
+def test_unreadable_images_are_named_counted_and_left_out(tmp_path: Path) -> None:
+    """A 0-byte image and a JPEG of garbage pass Ultralytics' path checks but it drops them at training time:
+    check_dataset opens every image's header, names each bad file with the reason and the fix, and leaves
+    them out of the counts (their labels are not counted either)."""
+    data = write_dataset(tmp_path, {**GOOD, "train/empty": "0 0.5 0.5 0.2 0.2\n", "train/junk": "1 0.5 0.5 0.2 0.2\n"})
+    (tmp_path / "images" / "train" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "images" / "train" / "junk.jpg").write_bytes(b"\xff\xd8 this is not a JPEG" * 20)
+    info = check_dataset(data)
+    assert (info.train_images, info.train_instances) == (2, 3)  # t0 and t1 only
+    assert sorted(Path(p).name for p in info.train_dropped) == ["empty.jpg", "junk.jpg"]
+    assert info.val_dropped == ()
+    warning = next(w for w in info.warnings if "cannot be read" in w)
+    assert "2 of 4 train images cannot be read" in warning
+    assert "empty.jpg (empty file, 0 bytes)" in warning and "junk.jpg (" in warning
+    assert "Ultralytics skips them" in warning and "replace or remove" in warning
+    assert info.summary()["data.train_dropped"] == 2 and info.summary()["data.val_dropped"] == 0
+
+
+def test_a_split_whose_images_all_fail_to_decode_is_an_error(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path, GOOD)
+    (tmp_path / "images" / "val" / "v0.jpg").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"val: none of its 1 images can be read .*v0.jpg \(empty file, 0 bytes\)"):
+        check_dataset(data)
+
+
+def test_tiny_images_are_dropped_like_ultralytics_does(tmp_path: Path) -> None:
+    from PIL import Image
+
+    data = write_dataset(tmp_path, {**GOOD, "train/small": "0 0.5 0.5 0.2 0.2\n"})
+    Image.new("RGB", (8, 40)).save(tmp_path / "images" / "train" / "small.jpg")
+    info = check_dataset(data)
+    assert [Path(p).name for p in info.train_dropped] == ["small.jpg"]
+    assert any("small.jpg (8x40 px: Ultralytics needs at least 10 px a side)" in w for w in info.warnings)
+
+
+def test_a_symlink_loop_is_refused_with_the_link_named(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path, GOOD)
+    link = tmp_path / "images" / "train" / "again"
+    link.symlink_to(tmp_path / "images" / "train", target_is_directory=True)
+    start = time.perf_counter()
+    with pytest.raises(DatasetError, match=r"again is a symlink loop: it points to .*images/train, a folder that "
+                       r"contains it.*remove the link"):
+        check_dataset(data)
+    assert time.perf_counter() - start < 5
+
+
+def test_images_reached_twice_through_symlinks_count_once(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path, {**GOOD, "extra/e0": "0 0.5 0.5 0.1 0.1\n"})
+    (tmp_path / "images" / "train" / "more").symlink_to(tmp_path / "images" / "extra", target_is_directory=True)
+    (tmp_path / "images" / "train" / "more2").symlink_to(tmp_path / "images" / "extra", target_is_directory=True)
+    (tmp_path / "images" / "train" / "t0-copy.jpg").symlink_to(tmp_path / "images" / "train" / "t0.jpg")
+    info = check_dataset(data)
+    assert info.train_images == 3  # t0, t1, e0: each real file once
+    assert any("2 train image paths are duplicates" in w and "resolve to the same file" in w for w in info.warnings)
 
 
 # ---- real data, docs and import cost ----------------------------------------------------------------------

@@ -128,3 +128,44 @@ def test_training_is_offline_quiet_and_leaves_user_settings_alone(tmp_path: Path
     assert out.stdout.strip().count("\n") == 0, out.stdout  # quiet: nothing else on stdout
     assert list(home.iterdir()) == []  # no ~/.config/Ultralytics, no ~/.cache, nothing
     assert any(Path(report["save_dir"]).glob("*.png")), "plots were not rendered"
+
+
+def test_fewer_optimizer_steps_than_epochs_warns_and_reports_no_invented_lr(tmp_path: Path, tiny: dict) -> None:
+    """16 images, batch 8, nbs 64: one optimizer step in three epochs (Ultralytics caps accumulate at the 6
+    batches of the run). detune warns before training, with the numbers and the fix, and an epoch without an
+    optimizer step has lr NaN in its history, never a value the step schedule (0.04 x 0.5^k) did not have."""
+    from detune.config import DetuneWarning
+    from detune.datasets import make_shapes
+
+    data = make_shapes(tmp_path / "shapes16", n_train=16, n_val=8, imgsz=64, seed=0)
+    settings = {**tiny, "data": str(data), "epochs": 3, "nbs": 64, "lr0": 0.04, "scheduler": "step",
+                "scheduler_params": {"step_size": 1, "gamma": 0.5}}
+    with pytest.warns(DetuneWarning, match=r"16 train images.*batch 8.*nbs 64.*set nbs=8") as caught:
+        result = detune.train(**settings)
+    assert result.status == "completed", result.reason
+    assert len([w for w in caught if issubclass(w.category, DetuneWarning) and "nbs" in str(w.message)]) == 1
+    assert len(result.steps) == 1  # the warning told the truth
+    stepped = {int(s["epoch"]) + 1: s for s in result.steps}
+    schedule_values = [0.04 * 0.5**k for k in range(8)]
+    for record in result.history:
+        for group in ("lr/pg0", "lr/pg1", "lr/pg2"):
+            if record["epoch"] in stepped:
+                assert record[group] == pytest.approx(stepped[record["epoch"]][group], rel=1e-12)
+            else:
+                assert math.isnan(record[group]), (record["epoch"], group, record[group])
+        if math.isfinite(record["lr/pg0"]):
+            assert any(record["lr/pg0"] == pytest.approx(v, rel=1e-9) for v in schedule_values), record["lr/pg0"]
+    assert sum(math.isnan(r["lr/pg0"]) for r in result.history) == 2
+    assert result.info["steps_per_epoch"] < 1
+
+
+def test_one_optimizer_step_per_epoch_or_more_does_not_warn(tiny: dict) -> None:
+    import warnings
+
+    from detune.config import DetuneWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DetuneWarning)
+        result = detune.train(**{**tiny, "epochs": 1, "lr0": 0.02})
+    assert result.status == "completed", result.reason
+    assert all(math.isfinite(r["lr/pg0"]) for r in result.history)
