@@ -455,17 +455,15 @@ def _steps_per_epoch(cfg: Any, given: float | None) -> tuple[float, str]:
         return given, "given"
     from detune.datasets import check_dataset
     from detune.errors import DatasetError
-    from detune.training import resolve_data
+    from detune.training import optimizer_steps, resolve_data
 
     try:
         info = check_dataset(resolve_data(cfg.data))
     except DatasetError as e:
         raise ConfigError(f"steps per epoch come from the dataset, which cannot be read: {e}; or pass "
                           "--steps-per-epoch N") from e
-    images = max(1, round(info.train_images * float(cfg.extra.get("fraction", 1.0) or 1.0)))
-    batches = math.ceil(images / cfg.batch)
-    return batches / cfg.accumulate, (f"{images} images / batch {cfg.batch} = {batches} batches, "
-                                      f"accumulate {cfg.accumulate}")
+    images, batches, accumulate = optimizer_steps(cfg, info.train_images)
+    return batches / accumulate, f"{images} images / batch {cfg.batch} = {batches} batches, accumulate {accumulate}"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from detune.config import TrainConfig, load_config, schedule_kwargs
+from detune.config import DetuneWarning, TrainConfig, load_config, schedule_kwargs
 from detune.errors import AdapterError, ConfigError
 
 if TYPE_CHECKING:
@@ -28,9 +29,11 @@ class TrainResult:
 
     ``history`` holds one dict per epoch with ``CANONICAL_KEYS`` (epochs numbered from 1, as in
     Ultralytics' results.csv); ``lr/pgN`` is the lr in effect at the last optimizer step of that epoch
-    (pg0 weights with decay, pg1 norm weights, pg2 biases). ``steps`` holds the lr of every param group
-    at every optimizer step. ``status`` is ``completed``, ``diverged`` (``reason`` says where and why)
-    or ``failed`` (``reason`` holds the error); the history up to that point is kept either way.
+    (pg0 weights with decay, pg1 norm weights, pg2 biases), NaN for an epoch without an optimizer step
+    (fewer batches than ``accumulate``). ``steps`` holds the lr of every param group at every optimizer
+    step. ``info["dropped_images"]`` lists the images Ultralytics skipped because they cannot be read.
+    ``status`` is ``completed``, ``diverged`` (``reason`` says where and why) or ``failed`` (``reason``
+    holds the error); the history up to that point is kept either way.
     """
 
     status: str
@@ -91,6 +94,27 @@ def resolve_data(data: str) -> Path:
         overrides[key.strip()] = safe_load(value)
     tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items())) or "default"
     return make_shapes(_runtime.home() / "datasets" / f"shapes-{tag}", **overrides)
+
+
+def optimizer_steps(cfg: TrainConfig, train_images: int) -> tuple[int, int, int]:
+    """``(images, batches, accumulate)`` per epoch as Ultralytics counts them: ``fraction`` of the train
+    images, ceil(images / batch) batches, one optimizer step per round(nbs / batch) batches (capped at the
+    batches of the whole run, as Ultralytics caps it)."""
+    images = max(1, round(train_images * float(cfg.extra.get("fraction", 1.0) or 1.0)))
+    batches = math.ceil(images / cfg.batch)
+    return images, batches, min(cfg.accumulate, batches * cfg.epochs)
+
+
+def _warn_few_steps(cfg: TrainConfig, train_images: int) -> None:
+    """Fewer batches than ``accumulate``: some epochs make no optimizer step (they do not train)."""
+    images, batches, accumulate = optimizer_steps(cfg, train_images)
+    if batches >= accumulate:
+        return
+    warnings.warn(f"{images} train images / batch {cfg.batch} = {batches} batches per epoch, and nbs {cfg.nbs} "
+                  f"makes one optimizer step every {accumulate} batches: {batches / accumulate:.2g} optimizer steps "
+                  f"per epoch ({batches * cfg.epochs // accumulate} in {cfg.epochs} epochs); an epoch without one "
+                  f"does not train and reports lr NaN; set nbs={cfg.batch} (one optimizer step per batch)",
+                  DetuneWarning, stacklevel=3)
 
 
 def _absolute_data_yaml(dataset: Any) -> Path:
@@ -171,6 +195,7 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
 
         cfg, finder = resolve_auto_lr0(cfg, tracking=track, fit=fit)
     dataset = check_dataset(resolve_data(cfg.data))
+    _warn_few_steps(cfg, dataset.train_images)
     data_yaml = _absolute_data_yaml(dataset)
     logger = None
     if track is not None:
@@ -188,7 +213,9 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
     result = TrainResult(status=outcome.status, history=outcome.history, config=resolved_config(cfg),
                          save_dir=outcome.save_dir, weights=outcome.weights, reason=outcome.reason,
                          steps=outcome.steps, info={**outcome.info, "dataset": dataset.summary(),
-                                                    "effective_lr0": cfg.effective_lr0})
+                                                    "effective_lr0": cfg.effective_lr0,
+                                                    "dropped_images": {"train": list(dataset.train_dropped),
+                                                                       "val": list(dataset.val_dropped)}})
     if finder is not None:
         from detune.lr_finder import finder_info
 

@@ -132,6 +132,7 @@ class _Control:
 
             torch.set_num_threads(cpu_threads(self.cfg))  # Ultralytics pins cpu_count-1 threads
         self.info = {"batches_per_epoch": nb, "accumulate": trainer.accumulate, "steps_per_epoch": steps_per_epoch,
+                     "train_images": len(trainer.train_loader.dataset),
                      "warmup_steps": self.plan.warmup_steps, "device": str(trainer.device),
                      "save_dir": str(trainer.save_dir), "param_groups": len(trainer.optimizer.param_groups),
                      "start_epoch": trainer.start_epoch}
@@ -191,7 +192,10 @@ class _Control:
             record.update(trainer.label_loss_items(trainer.tloss, prefix="train"))
         record.update({metric_name(k): float(v) for k, v in trainer.metrics.items()})
         record["fitness"] = float(trainer.fitness) if trainer.fitness is not None else float("nan")
-        record.update({k: float(v) for k, v in trainer.lr.items()})
+        # the lr of this epoch's last optimizer step; an epoch without one (batches < accumulate) has none: NaN,
+        # never trainer.lr, which is then the LambdaLR's epoch value, a number detune's schedule never had
+        last_step = next((s for s in reversed(self.steps) if s["epoch"] == trainer.epoch), {})
+        record.update({k: float(last_step.get(k, math.nan)) for k in trainer.lr})
         record["epoch_time"] = float(trainer.epoch_time or 0.0)
         self.plan.observe(trainer.epoch, record["fitness"])
         self.history.append(record)
