@@ -348,13 +348,20 @@ def train_summary(result: Any, log: Path | None) -> Summary:
              f"mAP50-95: {best.get('metrics/mAP50-95', math.nan):.4f}",
              f"lr0: {result.info.get('effective_lr0')}  scheduler: {result.config.get('scheduler')}",
              f"results: {result.save_dir}"]
+    dropped = result.info.get("dropped_images") or {}
+    if any(dropped.values()):
+        files = [Path(f).name for split in ("train", "val") for f in dropped.get(split, [])]
+        lines.append(f"dropped images: {len(dropped.get('train', []))} train images, {len(dropped.get('val', []))} "
+                     f"val images cannot be read and were skipped: {', '.join(files[:5])}"
+                     + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+                     + f" (reasons: detune data check {result.info.get('dataset', {}).get('data.yaml', '')})")
     if result.run_id:
         lines.append(f"MLflow run: {result.run_id}")
     if log is not None:
         lines.append(f"log: {log}")
     return {"status": result.status, "reason": result.reason, "best_epoch": result.best_epoch, "best": best,
             "history": result.history, "config": result.config, "save_dir": result.save_dir,
-            "run_id": result.run_id, "log": log}, lines
+            "run_id": result.run_id, "log": log, "dropped_images": dropped}, lines
 
 
 def tune_summary(result: Any, study: Any, *, report: Path | None, log: Path | None, elapsed: float,

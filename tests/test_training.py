@@ -169,3 +169,24 @@ def test_one_optimizer_step_per_epoch_or_more_does_not_warn(tiny: dict) -> None:
         result = detune.train(**{**tiny, "epochs": 1, "lr0": 0.02})
     assert result.status == "completed", result.reason
     assert all(math.isfinite(r["lr/pg0"]) for r in result.history)
+
+
+def test_unreadable_images_are_reported_as_dropped_in_result_and_summary(tmp_path: Path, tiny: dict) -> None:
+    """A 0-byte image and a JPEG of garbage: Ultralytics skips both; the result and the CLI summary say which."""
+    from detune._progress import train_summary
+    from detune.datasets import make_shapes
+
+    data = make_shapes(tmp_path / "shapes16", n_train=16, n_val=8, imgsz=64, seed=0)
+    train_dir = data.parent / "images" / "train"
+    (train_dir / "zero.jpg").write_bytes(b"")
+    (train_dir / "junk.jpg").write_bytes(b"\xff\xd8 not a JPEG at all" * 50)
+    result = detune.train(**{**tiny, "data": str(data), "epochs": 1, "lr0": 0.02})
+    assert result.status == "completed", result.reason
+    assert sorted(Path(p).name for p in result.info["dropped_images"]["train"]) == ["junk.jpg", "zero.jpg"]
+    assert result.info["dropped_images"]["val"] == []
+    assert result.info["train_images"] == 16  # what Ultralytics really trained on
+    assert result.info["dataset"]["data.train_images"] == 16
+    data_out, lines = train_summary(result, None)
+    line = next(x for x in lines if x.startswith("dropped images"))
+    assert "2 train images" in line and "junk.jpg" in line and "zero.jpg" in line
+    assert data_out["dropped_images"] == result.info["dropped_images"]
