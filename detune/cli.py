@@ -7,6 +7,7 @@ what Ultralytics, Ray and MLflow print goes to a ``detune.log`` unless --verbose
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -39,6 +40,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress: only
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Let Ultralytics and Ray print their own "
                                           "logs (default: into detune.log).")]
 INTERRUPTED = 130
+BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout's reader is gone
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -109,7 +111,16 @@ def _clean(value: Any) -> Any:
 
 
 def _emit(term: Any, as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
-    term.echo(json.dumps(_clean(data), indent=2) if as_json else "\n".join(lines))
+    """Print the result on stdout. A reader that went away (``detune train ... | head -1``) ends the command
+    quietly with 141 (128 + SIGPIPE), the code a shell shows for ``cat`` or ``seq`` in that pipe; what was
+    computed is on disk already."""
+    try:
+        term.echo(json.dumps(_clean(data), indent=2) if as_json else "\n".join(lines))
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):  # no error again when Python flushes stdout at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(BROKEN_PIPE) from None
 
 
 def _terminal(quiet: bool, verbose: bool = False) -> Any:
@@ -147,6 +158,7 @@ def train(config: ConfigArg = None, overrides: Overrides = None, as_json: JsonOp
       detune train data=../shared/datasets/coco128.yaml imgsz=320 scheduler=cosine_restarts --json
     """
     from detune import training
+    from detune._paths import writable_dir
     from detune._progress import TrainDisplay, capture, move_log, train_summary
     from detune.config import load_config
 
@@ -155,6 +167,7 @@ def train(config: ConfigArg = None, overrides: Overrides = None, as_json: JsonOp
     if verbose:
         values["verbose"] = True
     cfg = _guard(lambda: load_config(path, **values), debug)
+    _guard(lambda: writable_dir(cfg.project, field="project"), debug)  # the log below is opened in project
     display = TrainDisplay(term, epochs=cfg.epochs)
     temp_log = Path(cfg.project) / f".detune-{os.getpid()}.log"
     state: dict[str, Any] = {}
@@ -170,9 +183,11 @@ def train(config: ConfigArg = None, overrides: Overrides = None, as_json: JsonOp
             state["log"] = None if verbose else move_log(temp_log, folder or Path(cfg.project))
 
     result = _guard(run, debug)
-    _emit(term, as_json, *train_summary(result, state["log"]))
-    if result.status == "failed":
-        _fail(f"training failed: {result.reason}; partial results in {result.save_dir}")
+    try:
+        _emit(term, as_json, *train_summary(result, state["log"]))
+    finally:  # a failed training says so on stderr even when stdout is gone
+        if result.status == "failed":
+            _fail(f"training failed: {result.reason}; partial results in {result.save_dir}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -343,6 +358,7 @@ def lr_find(config: ConfigArg = None, overrides: Overrides = None,
       detune lr-find data=shapes imgsz=64 batch=8 min_lr=1e-5 max_lr=1 --out lr.png
     """
     from detune._lr_suggest import METHODS
+    from detune._paths import writable_dir, writable_file
     from detune._progress import FinderDisplay, capture, finder_summary
 
     term = _terminal(quiet, verbose)
@@ -350,6 +366,8 @@ def lr_find(config: ConfigArg = None, overrides: Overrides = None,
         _fail(f"--method ({method!r}) must be one of {', '.join(METHODS)}")
     cfg, settings, rerun = _guard(lambda: _finder_config(config, overrides, verbose), debug)
     plot = out or Path(cfg.project) / "lr_find.png"
+    _guard(lambda: writable_file(out, field="--out", kind="a .png file") if out else writable_dir(
+        cfg.project, field="project"), debug)  # the plot and detune.log go there: checked before the sweep
     display = FinderDisplay(term, num_iters=settings.num_iters)
     log = plot.parent / "detune.log"
 
@@ -427,6 +445,7 @@ def schedule(config: ConfigArg = None, overrides: Overrides = None,
 
       detune schedule scheduler=cosine_restarts scheduler_params.period=5 epochs=20 --steps-per-epoch 8
     """
+    from detune._paths import writable_file
     from detune._progress import schedule_summary
     from detune.config import load_config, schedule_kwargs
     from detune.schedules import build_plan, key_points, plot
@@ -434,6 +453,7 @@ def schedule(config: ConfigArg = None, overrides: Overrides = None,
     term = _terminal(True)
     path, values = _guard(lambda: _split(config, overrides), debug)
     cfg = _guard(lambda: load_config(path, **values), debug)
+    _guard(lambda: writable_file(out, field="--out", kind="a .png file"), debug)
     spe, source = _guard(lambda: _steps_per_epoch(cfg, steps_per_epoch), debug)
     plan = _guard(lambda: build_plan(
         scheduler=cfg.schedule_name, scheduler_params=schedule_kwargs(cfg), lr0=cfg.effective_lr0,
@@ -494,9 +514,12 @@ def report(source: Annotated[str, typer.Argument(help="A study output_dir, or an
 
       detune report quick --tracking-uri sqlite:///mlflow.db --out quick-report
     """
+    from detune._paths import writable_dir
     from detune.report import FIGURES, build_report
 
     term = _terminal(True)
+    if out is not None:
+        _guard(lambda: writable_dir(out, field="--out"), debug)
     folder = _guard(lambda: build_report(source, tracking_uri=tracking_uri, run_id=run_id, out_dir=out,
                                          metric=metric, mode=mode, top=top), debug)
     figures = [folder / f for f in FIGURES if (folder / f).is_file()]

@@ -182,12 +182,15 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
     is ``result.run_id`` and the logging report (unlogged points, local copy) is ``result.info["tracking"]``.
 
     Raises:
+        ConfigError: before any compute, for a ``project`` that cannot be a folder or cannot be written.
         TrackingError: before any training, when the tracking store cannot be reached.
     """
     from detune import tracking as tracking_mod
+    from detune._paths import writable_dir
     from detune.datasets import check_dataset
     from detune.tracking_config import resolve_tracking
 
+    writable_dir(cfg.project, field="project")  # before the LR finder, the dataset check and any run folder
     track = resolve_tracking(cfg.tracking if tracking is None else tracking)
     finder = None
     if cfg.lr0 == "auto":  # resolved first: params, effective_lr0 and the adapter only ever see a number

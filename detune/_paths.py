@@ -1,0 +1,60 @@
+"""Output locations checked before any compute: a folder or file detune is about to create or write."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from detune.errors import ConfigError, DetuneError
+
+
+def writable_dir(path: str | os.PathLike[str], *, field: str,
+                 error: type[DetuneError] = ConfigError) -> Path:
+    """The absolute ``path`` once it is sure it is, or can be made, a folder this process writes in.
+
+    Checks the nearest existing part of ``path``: a file there (``/etc/passwd/x``) or a folder without write
+    permission (read-only, immutable, another user's) raises ``error`` naming ``field``, the path and the fix.
+    Creates nothing (a probe file in the existing folder is removed at once).
+
+    Raises:
+        DetuneError: ``error`` (ConfigError by default), before anything is written.
+
+    Example:
+        >>> writable_dir("/etc/passwd/x", field="project")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        detune.errors.ConfigError: project (/etc/passwd/x): /etc/passwd is a file, not a folder; set project ...
+    """
+    given = Path(path).expanduser()
+    target = Path(os.path.abspath(given))
+    _check(target, given, field, error)
+    return target
+
+
+def _check(target: Path, given: Path, field: str, error: type[DetuneError]) -> None:
+    existing = target
+    while not existing.exists() and existing != existing.parent:  # exists() is False under a file too
+        existing = existing.parent
+    if not existing.is_dir():
+        raise error(f"{field} ({given}): {existing} is a file, not a folder; set {field} to a folder you can write, "
+                    "e.g. runs/detune")
+    try:  # os.access says yes to root on a read-only mount or an immutable folder: try for real
+        handle, probe = tempfile.mkstemp(prefix=".detune-write-check-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as e:
+        raise error(f"{field} ({given}): cannot write in {existing} ({e.strerror or e}); choose a folder you can "
+                    f"write, or fix the permissions of {existing}") from e
+
+
+def writable_file(path: str | os.PathLike[str], *, field: str, kind: str = "file",
+                  error: type[DetuneError] = ConfigError) -> Path:
+    """The absolute ``path`` of a ``kind`` file to write (e.g. "a .png file"): its folder as ``writable_dir``
+    checks it, and ``path`` itself not a folder."""
+    given = Path(path).expanduser()
+    if given.is_dir():
+        raise error(f"{field} ({given}) is a folder; give the path of {kind} (e.g. {given / 'plot.png'})")
+    target = Path(os.path.abspath(given))
+    _check(target.parent, given, field, error)
+    return target
