@@ -293,9 +293,11 @@ class TrainDisplay(_StepBar):
     def on_epoch(self, record: Mapping[str, float], weights_dir: Path) -> None:
         loss = sum(record.get(f"train/{k}_loss", 0.0) for k in ("box", "cls", "dfl"))
         self.last = f"loss {loss:.4g}  {self.metric.split('/')[-1]} {record.get(self.metric, math.nan):.4f}"
-        self.update(info=f"lr {self.lr:.3g}  {self.last}")
+        lr = record.get("lr/pg0", self.lr)  # NaN: this epoch made no optimizer step
+        lr_text = f"lr {lr:.4g}" if math.isfinite(lr) else "no optimizer step"
+        self.update(info=f"{lr_text}  {self.last}")
         if self.progress is None:
-            self.term.note(f"epoch {int(record['epoch'])}/{self.epochs}  {self.last}  lr {self.lr:.4g}  "
+            self.term.note(f"epoch {int(record['epoch'])}/{self.epochs}  {self.last}  {lr_text}  "
                            f"[{time.monotonic() - self.started:.0f} s]")
 
 

@@ -627,12 +627,15 @@ def check(data: Annotated[str, typer.Argument(help="An Ultralytics data YAML.")]
         _fail(f"unknown setting {unknown[0]!r} for data check; the only one is datasets_dir=PATH")
     info = _guard(lambda: check_dataset(data, **values), debug)
     lines = [f"data: {info.yaml_path} (root {info.root})", f"classes: {info.nc} ({', '.join(info.names)})",
-             f"train: {info.train_images} images, {info.train_instances} boxes",
+             f"train: {info.train_images} images, {info.train_instances} boxes"
+             + (f" ({len(info.train_dropped)} unreadable images left out)" if info.train_dropped else ""),
              f"val: {info.val_images} images, {info.val_instances} boxes"
+             + (f" ({len(info.val_dropped)} unreadable images left out)" if info.val_dropped else "")
              + (" (the same images as train)" if info.val_is_train else ""),
              *(f"warning: {w}" for w in info.warnings)]
     lines.append("ok" if not info.warnings else f"ok, with {len(info.warnings)} warning(s)")
-    data_ = {**info.summary(), "names": list(info.names), "warnings": list(info.warnings)}
+    data_ = {**info.summary(), "names": list(info.names), "warnings": list(info.warnings),
+             "train_dropped": list(info.train_dropped), "val_dropped": list(info.val_dropped)}
     _emit(term, as_json, data_, lines)
 
 

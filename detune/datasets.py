@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ class DatasetInfo:
     warnings: tuple[str, ...] = ()
     train_dropped: tuple[str, ...] = ()  # images Ultralytics cannot decode and skips (not in the counts)
     val_dropped: tuple[str, ...] = ()
+    # the checked image paths of a split whose sources hold more (unreadable or duplicated paths); () otherwise
+    train_files: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    val_files: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     @property
     def nc(self) -> int:
@@ -73,15 +77,27 @@ class DatasetInfo:
         }
 
     def write_yaml(self, dest: str | Path) -> Path:
-        """Write ``to_ultralytics()`` to ``dest`` (a .yaml path), return it; give it to YOLO as ``data=``."""
+        """Write ``to_ultralytics()`` to ``dest`` (a .yaml path), return it; give it to YOLO as ``data=``.
+
+        A split with unreadable images or paths reaching the same file twice is written as a list of exactly
+        the checked images (``<dest stem>.<split>.txt`` beside ``dest``), so Ultralytics trains on each
+        readable file once and never tries the unreadable ones."""
         import yaml
 
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")  # atomic: parallel trials write the same file
-        tmp.write_text(yaml.safe_dump(self.to_ultralytics(), sort_keys=False, allow_unicode=True), encoding="utf-8")
-        tmp.replace(dest)
-        return dest
+        content = self.to_ultralytics()
+        for key, files in (("train", self.train_files), ("val", self.val_files)):
+            if files:
+                content[key] = str(_write_atomic(dest.with_name(f"{dest.stem}.{key}.txt"), "\n".join(files) + "\n"))
+        return _write_atomic(dest, yaml.safe_dump(content, sort_keys=False, allow_unicode=True))
+
+
+def _write_atomic(dest: Path, text: str) -> Path:
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")  # atomic: parallel trials write the same file
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(dest)
+    return dest
 
 
 def check_dataset(data: str | Path, *, datasets_dir: str | Path | None = None) -> DatasetInfo:
@@ -132,16 +148,19 @@ def check_dataset(data: str | Path, *, datasets_dir: str | Path | None = None) -
     reader, opener = _LabelReader(len(names)), _ImageChecker()
     splits: dict[str, tuple[tuple[Path, ...], list[str], tuple[int, int, str | None]]] = {}
     dropped: dict[str, tuple[str, ...]] = {}
+    kept: dict[str, tuple[str, ...]] = {}
     lines.setdefault("val", lines.get("validation", 1))
     found: dict[str, list[str]] = {}
     for key in ("train", "val"):
         sources = _sources(yaml_path, raw, lines, key, root)
-        found[key] = _images(yaml_path, lines[key], key, sources, notes)
+        found[key], paths = _images(yaml_path, lines[key], key, sources, notes)
         said = key == "val" and found["val"] == found["train"]  # val is train: every finding is said once
         images, dropped[key] = opener.split(yaml_path, lines[key], key, found[key], [] if said else notes)
+        kept[key] = tuple(images) if len(images) < paths else ()
         splits[key] = (sources, images, reader.read_all(images))
     reader.raise_if_errors(yaml_path)
-    return _info(yaml_path, root, names, lines, splits, notes, dropped)
+    return dataclasses.replace(_info(yaml_path, root, names, lines, splits, notes, dropped),
+                               train_files=kept["train"], val_files=kept["val"])
 
 
 def _load_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
@@ -301,8 +320,9 @@ def _sources(
     return tuple(sources)
 
 
-def _images(path: Path, line: int, key: str, sources: tuple[Path, ...], notes: list[str]) -> list[str]:
-    """The split's image paths, one per real file (a path outside symlinks wins, else the first sorted)."""
+def _images(path: Path, line: int, key: str, sources: tuple[Path, ...], notes: list[str]) -> tuple[list[str], int]:
+    """The split's image paths, one per real file (a path outside symlinks wins, else the first sorted), and
+    the number of paths found."""
     files: list[str] = []
     for source in sources:
         files += _walk_images(source) if source.is_dir() else _list_file(source)
@@ -321,9 +341,9 @@ def _images(path: Path, line: int, key: str, sources: tuple[Path, ...], notes: l
         notes.append(
             f"{len(files) - len(kept)} {key} image paths are duplicates: they resolve to the same file as "
             f"another path (e.g. {' and '.join(paths[:2])} are both {real}); each file is counted once here, "
-            "but Ultralytics trains on every path; remove the extra symlinks or list entries"
+            "and detune.train trains on each once; remove the extra symlinks or list entries"
         )
-    return sorted(kept)
+    return sorted(kept), len(files)
 
 
 def _is_image(name: str) -> bool:

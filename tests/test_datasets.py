@@ -450,6 +450,11 @@ def test_images_reached_twice_through_symlinks_count_once(tmp_path: Path) -> Non
     info = check_dataset(data)
     assert info.train_images == 3  # t0, t1, e0: each real file once
     assert any("2 train image paths are duplicates" in w and "resolve to the same file" in w for w in info.warnings)
+    written = yaml.safe_load(info.write_yaml(tmp_path / "pinned" / "d.yaml").read_text())
+    listed = Path(written["train"]).read_text().split()  # what Ultralytics gets: each file once, t0 by its own path
+    assert Path(written["train"]).name == "d.train.txt" and len(listed) == 3
+    assert str(tmp_path / "images" / "train" / "t0.jpg") in listed
+    assert written["val"] == str(tmp_path.resolve() / "images" / "val")  # a clean split stays a folder
 
 
 # ---- real data, docs and import cost ----------------------------------------------------------------------

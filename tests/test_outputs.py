@@ -167,3 +167,33 @@ def test_paths_docstring_example() -> None:
 
     result = doctest.testmod(detune._paths, raise_on_error=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_data_check_names_unreadable_images_and_does_not_say_plain_ok(tmp_path: Path) -> None:
+    from detune.datasets import make_shapes
+
+    data = make_shapes(tmp_path / "shapes", n_train=6, n_val=3, imgsz=64, seed=0)
+    (data.parent / "images" / "train" / "zero.jpg").write_bytes(b"")
+    result = invoke("data", "check", data)
+    assert result.exit_code == 0, result.output
+    assert "train: 6 images" in result.output and "(1 unreadable images left out)" in result.output
+    assert "zero.jpg (empty file, 0 bytes)" in result.output and "ok, with 1 warning(s)" in result.output
+    as_json = json.loads(invoke("data", "check", data, "--json").output)
+    assert [Path(p).name for p in as_json["train_dropped"]] == ["zero.jpg"] and as_json["data.train_dropped"] == 1
+
+
+def test_epoch_line_of_an_epoch_without_optimizer_step_shows_no_lr(tmp_path: Path) -> None:
+    import io
+    import math
+
+    from detune._progress import Terminal, TrainDisplay
+
+    err = io.StringIO()
+    display = TrainDisplay(Terminal(out=io.StringIO(), err=err), epochs=3)
+    display.on_start({"steps_per_epoch": 1 / 3, "save_dir": str(tmp_path), "device": "cpu"})
+    display.on_epoch({"epoch": 1, "lr/pg0": math.nan, "metrics/mAP50-95": 0.0}, tmp_path)
+    display.on_step(0, 1, [0.04, 0.04, 0.04])
+    display.on_epoch({"epoch": 2, "lr/pg0": 0.04, "metrics/mAP50-95": 0.0}, tmp_path)
+    display.on_epoch({"epoch": 3, "lr/pg0": math.nan, "metrics/mAP50-95": 0.0}, tmp_path)
+    lines = [x for x in err.getvalue().splitlines() if x.startswith("epoch ")]
+    assert "no optimizer step" in lines[0] and "lr 0.04" in lines[1] and "no optimizer step" in lines[2], lines

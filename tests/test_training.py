@@ -172,7 +172,9 @@ def test_one_optimizer_step_per_epoch_or_more_does_not_warn(tiny: dict) -> None:
 
 
 def test_unreadable_images_are_reported_as_dropped_in_result_and_summary(tmp_path: Path, tiny: dict) -> None:
-    """A 0-byte image and a JPEG of garbage: Ultralytics skips both; the result and the CLI summary say which."""
+    """A 0-byte image and a JPEG of garbage (plain Ultralytics skips both, blaming a missing pi_heif) and every
+    image reachable twice: detune trains on the 16 real images once each; the result and the summary say
+    which images were left out."""
     from detune._progress import train_summary
     from detune.datasets import make_shapes
 
@@ -180,6 +182,8 @@ def test_unreadable_images_are_reported_as_dropped_in_result_and_summary(tmp_pat
     train_dir = data.parent / "images" / "train"
     (train_dir / "zero.jpg").write_bytes(b"")
     (train_dir / "junk.jpg").write_bytes(b"\xff\xd8 not a JPEG at all" * 50)
+    for image in sorted(train_dir.glob("train_*.png")):  # the 16 real images, each reachable a second time
+        (train_dir / f"again-{image.name}").symlink_to(image)
     result = detune.train(**{**tiny, "data": str(data), "epochs": 1, "lr0": 0.02})
     assert result.status == "completed", result.reason
     assert sorted(Path(p).name for p in result.info["dropped_images"]["train"]) == ["junk.jpg", "zero.jpg"]
