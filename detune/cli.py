@@ -265,8 +265,11 @@ def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | 
         report = _study_report(study, started, debug)
     except typer.Exit as e:
         return int(e.exit_code)
-    _emit(term, as_json, *tune_summary(result, study, report=report, log=None if verbose else log,
-                                       elapsed=time.time() - started, interrupted=interrupted))
+    try:
+        _emit(term, as_json, *tune_summary(result, study, report=report, log=None if verbose else log,
+                                           elapsed=time.time() - started, interrupted=interrupted))
+    except typer.Exit as e:  # stdout closed by its reader: a code, never an exception for scripts/tune.py
+        return int(e.exit_code)
     if interrupted:
         typer.echo(hint, err=True)
         return INTERRUPTED
