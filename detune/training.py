@@ -113,7 +113,7 @@ def _warn_few_steps(cfg: TrainConfig, train_images: int) -> None:
     warnings.warn(f"{images} train images / batch {cfg.batch} = {batches} batches per epoch, and nbs {cfg.nbs} "
                   f"makes one optimizer step every {accumulate} batches: {batches / accumulate:.2g} optimizer steps "
                   f"per epoch ({batches * cfg.epochs // accumulate} in {cfg.epochs} epochs); an epoch without one "
-                  f"does not train and reports lr NaN; set nbs={cfg.batch} (one optimizer step per batch)",
+                  f"updates no weights and reports lr NaN; set nbs={cfg.batch} (one optimizer step per batch)",
                   DetuneWarning, stacklevel=3)
 
 
