@@ -174,7 +174,7 @@ def train(config: ConfigArg = None, overrides: Overrides = None, as_json: JsonOp
 
     def run() -> Any:
         try:
-            with capture(temp_log, verbose=verbose), display:
+            with capture(temp_log, verbose=verbose), display, _warn_now(term):
                 state["result"] = training.run(cfg, observers=[display])
             return state["result"]
         finally:
@@ -188,6 +188,27 @@ def train(config: ConfigArg = None, overrides: Overrides = None, as_json: JsonOp
     finally:  # a failed training says so on stderr even when stdout is gone
         if result.status == "failed":
             _fail(f"training failed: {result.reason}; partial results in {result.save_dir}")
+
+
+@contextlib.contextmanager
+def _warn_now(term: Any) -> Any:
+    """Show DetuneWarnings raised meanwhile at once on the terminal (not the log), e.g. before the first epoch
+    of a training instead of after its last; other warnings go where they went."""
+    from detune.config import DetuneWarning
+
+    previous = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, DetuneWarning):
+            term.console.print(f"warning: {message}", markup=False, highlight=False)
+        else:
+            previous(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -197,3 +197,18 @@ def test_epoch_line_of_an_epoch_without_optimizer_step_shows_no_lr(tmp_path: Pat
     display.on_epoch({"epoch": 3, "lr/pg0": math.nan, "metrics/mAP50-95": 0.0}, tmp_path)
     lines = [x for x in err.getvalue().splitlines() if x.startswith("epoch ")]
     assert "no optimizer step" in lines[0] and "lr 0.04" in lines[1] and "no optimizer step" in lines[2], lines
+
+
+@pytest.mark.slow
+def test_train_cli_shows_the_few_steps_warning_before_the_first_epoch(tmp_path: Path) -> None:
+    from detune.datasets import make_shapes
+
+    data = make_shapes(tmp_path / "shapes16", n_train=16, n_val=8, imgsz=64, seed=0)
+    args = [a for a in train_args(tmp_path, data, tmp_path / "runs") if not a.startswith(("nbs=", "epochs="))]
+    result = invoke("train", *args, "epochs=2", "nbs=64")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    warning = next(i for i, x in enumerate(lines) if x.startswith("warning: 16 train images / batch 8"))
+    first_epoch = next(i for i, x in enumerate(lines) if x.startswith("epoch 1/2"))
+    assert warning < first_epoch, result.output
+    assert sum(x.startswith("warning: 16 train images") for x in lines) == 1
