@@ -65,6 +65,7 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
     """The fully resolved settings: schedule name and params filled in, re-runnable with ``detune.train``."""
     out = cfg.to_dict()
     out["scheduler"] = cfg.schedule_name
+    out["warmup_epochs"] = cfg.warmup_epochs  # what ran, also when unset (clamped like Ultralytics)
     out["scheduler_params"] = schedule_kwargs(cfg)
     return out
 
@@ -158,12 +159,16 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
     is ``result.run_id`` and the logging report (unlogged points, local copy) is ``result.info["tracking"]``.
 
     Raises:
+        ConfigError: before any compute, for a device this machine does not have.
         TrackingError: before any training, when the tracking store cannot be reached.
     """
     from detune import tracking as tracking_mod
+    from detune.adapters.ultralytics import check_device
     from detune.datasets import check_dataset
     from detune.tracking_config import resolve_tracking
 
+    check_device(cfg.device)
+    clamped = _warn_clamped_warmup(cfg)
     track = resolve_tracking(cfg.tracking if tracking is None else tracking)
     finder = None
     if cfg.lr0 == "auto":  # resolved first: params, effective_lr0 and the adapter only ever see a number
@@ -189,6 +194,8 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
                          save_dir=outcome.save_dir, weights=outcome.weights, reason=outcome.reason,
                          steps=outcome.steps, info={**outcome.info, "dataset": dataset.summary(),
                                                     "effective_lr0": cfg.effective_lr0})
+    if clamped:
+        result.info["warmup_clamped"] = clamped
     if finder is not None:
         from detune.lr_finder import finder_info
 
@@ -198,6 +205,20 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
         result.run_id = logger.run_id
         result.info["tracking"] = logger.finish(result)
     return result
+
+
+def _warn_clamped_warmup(cfg: TrainConfig) -> dict[str, float] | None:
+    """An unset warmup_epochs is Ultralytics' 3.0, which YOLO.train shortens to epochs - 1: say so once."""
+    clamped = cfg.warmup_clamped
+    if clamped:
+        import warnings
+
+        from detune.config import DetuneWarning
+
+        warnings.warn(f"warmup_epochs is not set: Ultralytics' default {clamped['from']:g} is clamped to "
+                      f"{clamped['to']:g} to stay below epochs ({cfg.epochs}), as YOLO.train does; set "
+                      "warmup_epochs to choose another warmup", DetuneWarning, stacklevel=3)
+    return clamped
 
 
 def _plot_schedule(cfg: TrainConfig, result: TrainResult) -> None:
