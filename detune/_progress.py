@@ -410,8 +410,8 @@ def schedule_summary(cfg: Any, plan: Any, points: list[dict[str, Any]], source: 
 
     spe = plan.steps_per_epoch
     peak_text = f", peak lr {peak:g}" if peak is not None else ""
-    lines = [f"{cfg.schedule_name} schedule, lr0 {cfg.effective_lr0:g}{peak_text}, {cfg.epochs} epochs x {spe:g} "
-             f"steps ({source}), warmup {plan.warmup_steps} steps, interval {cfg.scheduler_interval}",
+    lines = [f"{cfg.schedule_name} schedule, lr0 {cfg.effective_lr0:g}, {cfg.epochs} epochs x {spe:g} steps "
+             f"({source}), warmup {plan.warmup_steps} steps, interval {cfg.scheduler_interval}{peak_text}",
              f"{'step':>7} {'epoch':>5} {'lr':>11} {'bias lr':>11} {'momentum':>8}"]
     lines += [f"{p['step']:>7} {p['epoch']:>5} {p['lr']:>11.5g} {p['bias_lr']:>11.5g} {p['momentum']:>8.4g}"
               for p in points]

@@ -19,7 +19,8 @@ runner = CliRunner()
 
 # billion laughs in flow style: &i holds 10**9 scalars, built from 9 nodes of 10 items each
 BOMB = ("[&a [x, x, x, x, x, x, x, x, x, x], "
-        + ", ".join(f"&{c} [{', '.join([f'*{p}'] * 10)}]" for p, c in zip("abcdefgh", "bcdefghi")) + "]")
+        + ", ".join(f"&{c} [{', '.join([f'*{p}'] * 10)}]" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+        + "]")
 
 
 def invoke(*args: Any) -> Any:
