@@ -254,6 +254,10 @@ def test_gpu_device_without_a_gpu_fails_before_any_compute(tmp_path: Path, shape
         with pytest.raises(ConfigError, match=rf"device \({device!r}\).*sees 0 GPUs.*device=cpu"):
             train(data=str(shapes_yaml), epochs=1, device=device, project=str(tmp_path / "runs"))
     assert not (tmp_path / "runs").exists()  # nothing written, nothing trained
+    from detune.lr_finder import lr_find
+
+    with pytest.raises(ConfigError, match=r"device \('cuda:0'\).*sees 0 GPUs.*device=cpu"):
+        lr_find(data=str(shapes_yaml), imgsz=32, batch=8, device="cuda:0", project=str(tmp_path / "lr"))
 
 
 @pytest.mark.slow

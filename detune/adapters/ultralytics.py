@@ -357,6 +357,7 @@ def fit(cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from:
     Returns a ``RunOutcome``; divergence and training errors are reported in it, never raised, so nothing
     already computed is lost. Setup errors (bad model file, unreadable data) raise ``AdapterError``.
     """
+    check_device(cfg.device)  # also for the LR finder's sweeps, which reach the adapter without training.run
     _runtime.prepare(verbose=cfg.verbose)
     ctl = _Control(cfg, observer, Path(resume_from) if resume_from else None, probe)
     try:
