@@ -159,17 +159,14 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
     is ``result.run_id`` and the logging report (unlogged points, local copy) is ``result.info["tracking"]``.
 
     Raises:
-        ConfigError: before any compute, for a device this machine does not have.
         TrackingError: before any training, when the tracking store cannot be reached.
     """
     from detune import tracking as tracking_mod
-    from detune.adapters.ultralytics import check_device
     from detune.datasets import check_dataset
     from detune.tracking_config import resolve_tracking
 
-    check_device(cfg.device)
-    clamped = _warn_clamped_warmup(cfg)
     track = resolve_tracking(cfg.tracking if tracking is None else tracking)
+    clamped = _check_before_compute(cfg)  # ConfigError for a device this machine lacks; the warmup note
     finder = None
     if cfg.lr0 == "auto":  # resolved first: params, effective_lr0 and the adapter only ever see a number
         from detune.lr_finder import resolve_auto_lr0
@@ -194,21 +191,26 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
                          save_dir=outcome.save_dir, weights=outcome.weights, reason=outcome.reason,
                          steps=outcome.steps, info={**outcome.info, "dataset": dataset.summary(),
                                                     "effective_lr0": cfg.effective_lr0})
-    if clamped:
-        result.info["warmup_clamped"] = clamped
     if finder is not None:
         from detune.lr_finder import finder_info
 
         result.info["lr_finder"] = finder_info(finder, result.save_dir)
     _plot_schedule(cfg, result)
+    if clamped:
+        result.info["warmup_clamped"] = clamped
     if logger is not None:
         result.run_id = logger.run_id
         result.info["tracking"] = logger.finish(result)
     return result
 
 
-def _warn_clamped_warmup(cfg: TrainConfig) -> dict[str, float] | None:
-    """An unset warmup_epochs is Ultralytics' 3.0, which YOLO.train shortens to epochs - 1: say so once."""
+def _check_before_compute(cfg: TrainConfig) -> dict[str, float] | None:
+    """Raise ``ConfigError`` for a GPU (or MPS) device torch cannot see here, before any data or model work.
+    An unset warmup_epochs is Ultralytics' 3.0, which YOLO.train shortens to epochs - 1: say so once (a
+    DetuneWarning) and return ``cfg.warmup_clamped`` for ``result.info``."""
+    from detune.adapters.ultralytics import check_device
+
+    check_device(cfg.device)
     clamped = cfg.warmup_clamped
     if clamped:
         import warnings
