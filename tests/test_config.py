@@ -272,3 +272,17 @@ def test_real_two_epoch_training_with_the_default_warmup(tiny: dict) -> None:
     assert result.info["warmup_clamped"] == {"from": 3.0, "to": 1.0}
     assert result.info["warmup_steps"] == round(1.0 * result.info["steps_per_epoch"])  # min(3, epochs - 1) epochs
     assert result.config["warmup_epochs"] == 1.0
+
+
+@pytest.mark.slow
+def test_study_with_the_default_warmup_and_short_epochs_runs_in_ray(tmp_path: Path, shapes_yaml: Path) -> None:
+    from detune import _fake
+    from detune.tuning import tune
+
+    study = {"name": "w", "output_dir": str(tmp_path / "out"),
+             "train": {"data": str(shapes_yaml), "epochs": 20, "device": "cpu", "imgsz": 32, "batch": 8, "nbs": 8},
+             "search_space": {"lr0": {"choice": [0.01, 0.02]}}, "search": "random", "trial_scheduler": "fifo",
+             "num_samples": 2, "max_concurrent_trials": 1, "tracking": False, "resources_per_trial": {"cpu": 1}}
+    result = tune(study, fit=_fake.fit, **{"train.epochs": 1})  # the payload carries warmup_epochs: None
+    assert [t["status"] for t in result.trials] == ["completed", "completed"]
+    assert result.best_config["epochs"] == 1 and result.best_config["warmup_epochs"] is None
