@@ -57,6 +57,10 @@ class TrainConfig:
     LR knobs keep Ultralytics' names and defaults, except ``optimizer`` (explicit ``SGD`` instead of
     ``auto``, which silently replaces lr0 and momentum). Any other Ultralytics train argument goes in
     ``extra`` (validated against Ultralytics' own ``cfg/default.yaml``).
+
+    ``warmup_epochs`` left unset (None) reads as Ultralytics' 3.0 clamped to ``epochs - 1``
+    (``warmup_clamped`` says when) and stays unset through ``replace`` and ``to_dict``; change settings with
+    ``cfg.replace(...)``, not ``dataclasses.replace``, which would pass the clamped value as an explicit one.
     """
 
     model: str = "yolo11n.yaml"
