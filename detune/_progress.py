@@ -413,17 +413,19 @@ def finder_summary(result: Any, method: str, plot: Path, *, rerun: str, log: Pat
             "plot": plot, "log": log}, lines
 
 
-def schedule_summary(cfg: Any, plan: Any, points: list[dict[str, Any]], source: str, png: Path) -> Summary:
+def schedule_summary(cfg: Any, plan: Any, points: list[dict[str, Any]], source: str, png: Path, *,
+                     peak: float | None = None) -> Summary:
     from detune.config import schedule_kwargs
 
     spe = plan.steps_per_epoch
+    peak_text = f", peak lr {peak:g}" if peak is not None else ""
     lines = [f"{cfg.schedule_name} schedule, lr0 {cfg.effective_lr0:g}, {cfg.epochs} epochs x {spe:g} steps "
-             f"({source}), warmup {plan.warmup_steps} steps, interval {cfg.scheduler_interval}",
+             f"({source}), warmup {plan.warmup_steps} steps, interval {cfg.scheduler_interval}{peak_text}",
              f"{'step':>7} {'epoch':>5} {'lr':>11} {'bias lr':>11} {'momentum':>8}"]
     lines += [f"{p['step']:>7} {p['epoch']:>5} {p['lr']:>11.5g} {p['bias_lr']:>11.5g} {p['momentum']:>8.4g}"
               for p in points]
     lines.append(f"plot: {png}")
     return {"scheduler": cfg.schedule_name, "scheduler_params": schedule_kwargs(cfg),
             "lr0": cfg.effective_lr0, "epochs": cfg.epochs, "steps_per_epoch": spe,
-            "warmup_steps": plan.warmup_steps,
+            "warmup_steps": plan.warmup_steps, "peak_lr": peak,
             "key_points": points, "plot": png}, lines

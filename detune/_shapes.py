@@ -326,9 +326,11 @@ def shapes_spec(path: str | Path | None = None, **overrides: Any) -> ShapesSpec:
     """
     import yaml
 
+    from detune._yaml import safe_load
+
     source = Path(path) if path is not None else SHAPES_YAML
     try:
-        values = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+        values = safe_load(source.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise DatasetError(f"cannot read shapes spec {source}: {exc}") from exc
     if not isinstance(values, dict):

@@ -472,7 +472,7 @@ def schedule(config: ConfigArg = None, overrides: Overrides = None,
     from detune._paths import writable_file
     from detune._progress import schedule_summary
     from detune.config import load_config, schedule_kwargs
-    from detune.schedules import build_plan, key_points, plot
+    from detune.schedules import build_plan, key_points, peak_lr, plot
 
     term = _terminal(True)
     path, values = _guard(lambda: _split(config, overrides), debug)
@@ -487,7 +487,7 @@ def schedule(config: ConfigArg = None, overrides: Overrides = None,
     png = _guard(lambda: plot(plan, out, log_y=log_y), debug)
     points = [{"step": s, "epoch": plan.epoch_of(s) + 1, "lr": lr, "momentum": plan.momentum_at(s),
                "bias_lr": plan.lr(s, plan.epoch_of(s), bias=True)} for s, lr in key_points(plan)]
-    _emit(term, as_json, *schedule_summary(cfg, plan, points, source, png))
+    _emit(term, as_json, *schedule_summary(cfg, plan, points, source, png, peak=peak_lr(plan)))
 
 
 def _steps_per_epoch(cfg: Any, given: float | None) -> tuple[float, str]:

@@ -8,7 +8,6 @@ import functools
 import importlib.util
 import math
 import os
-import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from detune._yaml import YamlRefused, safe_load
 from detune.errors import ConfigError
 
 
@@ -28,6 +28,17 @@ LR_MULT_PARTS = ("backbone", "neck", "head")
 LR_SCALINGS = ("none", "linear", "sqrt")
 INTERVALS = ("step", "epoch")
 NOMINAL_BATCH = 64  # Ultralytics' default nbs: the batch its default lr0 was tuned for
+WARMUP_EPOCHS = 3.0  # Ultralytics' default warmup_epochs, which YOLO.train clamps to epochs - 1
+# Sane ranges: far beyond any real training, well below what overflows torch or hangs a tool.
+MAX_LR = 1e4  # lr0, warmup_bias_lr, max_lr (divergence tests go up to 1e3)
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536  # batch and nbs
+MAX_IMGSZ = 16_384
+MAX_SEED = 2**32 - 1  # numpy's seed range (Ultralytics seeds numpy with it)
+MAX_THREADS = 1024
+MAX_LR_MULT = 100.0
+MAX_DIVERGENCE_FACTOR = 1e6
+MAX_CONFIG_BYTES = 10_000_000
 
 # Ultralytics train arguments that detune owns or that would break per-step LR control.
 _RESERVED = {
@@ -46,6 +57,10 @@ class TrainConfig:
     LR knobs keep Ultralytics' names and defaults, except ``optimizer`` (explicit ``SGD`` instead of
     ``auto``, which silently replaces lr0 and momentum). Any other Ultralytics train argument goes in
     ``extra`` (validated against Ultralytics' own ``cfg/default.yaml``).
+
+    ``warmup_epochs`` left unset (None) reads as Ultralytics' 3.0 clamped to ``epochs - 1``
+    (``warmup_clamped`` says when) and stays unset through ``replace`` and ``to_dict``; change settings with
+    ``cfg.replace(...)``, not ``dataclasses.replace``, which would pass the clamped value as an explicit one.
     """
 
     model: str = "yolo11n.yaml"
@@ -62,7 +77,7 @@ class TrainConfig:
     lrf: float = 0.01
     momentum: float = 0.937
     weight_decay: float = 0.0005
-    warmup_epochs: float = 3.0
+    warmup_epochs: float | None = None  # None: Ultralytics' 3.0 clamped to epochs - 1, as YOLO.train does
     warmup_momentum: float = 0.8
     warmup_bias_lr: float = 0.1
     cos_lr: bool = False
@@ -79,7 +94,17 @@ class TrainConfig:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Whether warmup_epochs was left unset survives to_dict/from_dict round trips (to_dict writes None),
+        # so a clamped default never turns into an explicit value that a later epochs change would reject.
+        object.__setattr__(self, "_warmup_unset", self.warmup_epochs is None)
         _validate(self)
+
+    @property
+    def warmup_clamped(self) -> dict[str, float] | None:
+        """``{"from": 3.0, "to": epochs - 1}`` when an unset warmup was shortened to fit the training."""
+        if getattr(self, "_warmup_unset", False) and self.warmup_epochs < WARMUP_EPOCHS:
+            return {"from": WARMUP_EPOCHS, "to": float(self.warmup_epochs)}
+        return None
 
     @property
     def schedule_name(self) -> str:
@@ -103,26 +128,12 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         extra = out.pop("extra")
         out.update(extra)
+        if getattr(self, "_warmup_unset", False):
+            out["warmup_epochs"] = None  # unset stays unset: clamped again to whatever epochs becomes
         return out
 
     def replace(self, **changes: Any) -> TrainConfig:
         return from_dict({**self.to_dict(), **changes})
-
-
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?$"),
-    list("-+0123456789."),
-)
-
-
-def safe_load(text: str) -> Any:
-    """Parse YAML safely (no object construction), with scientific-notation floats."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra")
@@ -159,10 +170,24 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None = None
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML mapping with ``safe_load``; errors name the file and the fix."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {str(p)!r} is a directory; pass the path of a YAML file (e.g. "
+                          f"{str(p / 'train.yaml')!r})")
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist; pass the path of a YAML file")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {str(p)!r} is {p.stat().st_size:,} bytes, more than a config can be "
+                          f"({MAX_CONFIG_BYTES:,}); pass a YAML file of settings")
     try:
-        loaded = safe_load(p.read_text())
+        loaded = safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}); a config must be a UTF-8 YAML file: pass the right file or re-save it as "
+                          "UTF-8") from None
+    except YamlRefused as e:
+        raise ConfigError(f"config file {str(p)!r}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {str(p)!r} is nested too deeply to be a config; flatten it") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
     if loaded is None:
@@ -181,6 +206,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {pair!r} must look like key=value, e.g. lr0=0.02")
         try:
             value = safe_load(raw) if raw else None
+        except YamlRefused as e:
+            raise ConfigError(f"override {key!r}: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"override {key!r} is nested too deeply; write a flat value") from None
         except yaml.YAMLError:
             value = raw
         target = out
@@ -228,6 +257,10 @@ def _number(cfg: TrainConfig, field: str, kind: type = float) -> float:
 def _validate(cfg: TrainConfig) -> None:
     for field in ("epochs", "batch", "imgsz", "seed", "nbs"):
         _number(cfg, field, int)
+    if cfg.epochs < 1:
+        _fail("epochs", cfg.epochs, "must be >= 1", "train for at least one epoch")
+    if cfg.warmup_epochs is None:  # unset: Ultralytics' default as YOLO.train applies it, min(3.0, epochs - 1)
+        object.__setattr__(cfg, "warmup_epochs", float(min(WARMUP_EPOCHS, cfg.epochs - 1)))
     auto_lr0 = cfg.lr0 == "auto"  # the LR finder's suggestion, resolved by detune.train before use
     if isinstance(cfg.lr0, str) and not auto_lr0:
         _fail("lr0", cfg.lr0, "must be a number > 0 or exactly 'auto' (the LR finder's suggestion)",
@@ -236,8 +269,7 @@ def _validate(cfg: TrainConfig) -> None:
                   "divergence_factor"):
         if not (field == "lr0" and auto_lr0):
             _number(cfg, field)
-    if cfg.epochs < 1:
-        _fail("epochs", cfg.epochs, "must be >= 1", "train for at least one epoch")
+    _validate_ranges(cfg)
     if cfg.batch < 1:
         _fail("batch", cfg.batch, "must be a positive batch size (AutoBatch is not supported: the LR schedule "
               "needs the real number of optimizer steps)", "set e.g. batch: 16")
@@ -252,8 +284,8 @@ def _validate(cfg: TrainConfig) -> None:
     for field in ("momentum", "warmup_momentum"):
         if not 0 <= getattr(cfg, field) < 1:
             _fail(field, getattr(cfg, field), "must be in [0, 1)", f"use e.g. {field}: 0.9")
-    if cfg.weight_decay < 0:
-        _fail("weight_decay", cfg.weight_decay, "must be >= 0", "use e.g. weight_decay: 0.0005")
+    if not 0 <= cfg.weight_decay <= 1:
+        _fail("weight_decay", cfg.weight_decay, "must be in [0, 1]", "use e.g. weight_decay: 0.0005")
     if cfg.warmup_bias_lr < 0:
         _fail("warmup_bias_lr", cfg.warmup_bias_lr, "must be >= 0", "use e.g. warmup_bias_lr: 0.1")
     if not 0 <= cfg.warmup_epochs < cfg.epochs:
@@ -262,14 +294,34 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.divergence_factor != 0 and cfg.divergence_factor <= 1:
         _fail("divergence_factor", cfg.divergence_factor, "must be > 1, or 0 to turn the guard off",
               "use e.g. divergence_factor: 10")
-    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
-        _fail("threads", cfg.threads, "must be a positive integer or null", "use e.g. threads: 2")
+    if cfg.threads is not None and (isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int)
+                                    or not 1 <= cfg.threads <= MAX_THREADS):
+        _fail("threads", cfg.threads, f"must be a positive integer <= {MAX_THREADS} or null", "use e.g. threads: 2")
     _validate_choices(cfg)
     _validate_schedule(cfg)
     parse_device(cfg.device)
     if str(cfg.model).endswith(".pt") and not Path(cfg.model).is_file():
         _fail("model", cfg.model, "is a .pt file that does not exist here (detune never downloads weights)",
               "build from a model YAML such as yolo11n.yaml, or pass the path of a local .pt file")
+
+
+def _validate_ranges(cfg: TrainConfig) -> None:
+    """Upper bounds: a value past them is a typo or a test of the tool, and would overflow torch, exhaust memory
+    or hang mid-training instead of failing here."""
+    for field, hi, fix in (
+        ("epochs", MAX_EPOCHS, f"train for at most {MAX_EPOCHS} epochs"),
+        ("batch", MAX_BATCH, "use a batch that fits one device, e.g. batch: 16"),
+        ("nbs", MAX_BATCH, "set nbs to the batch size (one optimizer step per batch) or 64"),
+        ("imgsz", MAX_IMGSZ, "use e.g. imgsz: 640"),
+        ("warmup_bias_lr", MAX_LR, "use e.g. warmup_bias_lr: 0.1"),
+        ("divergence_factor", MAX_DIVERGENCE_FACTOR, "use e.g. divergence_factor: 10, or 0 to turn the guard off"),
+    ):
+        if getattr(cfg, field) > hi:
+            _fail(field, getattr(cfg, field), f"must be <= {int(hi)}", fix)
+    if cfg.lr0 != "auto" and cfg.lr0 > MAX_LR:
+        _fail("lr0", cfg.lr0, f"must be <= {MAX_LR:g}", "use a learning rate such as 0.01 (SGD) or 0.001 (Adam)")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        _fail("seed", cfg.seed, f"must be in [0, {MAX_SEED}] (numpy's seed range)", "use e.g. seed: 0")
 
 
 def _validate_choices(cfg: TrainConfig) -> None:
@@ -295,6 +347,9 @@ def _validate_choices(cfg: TrainConfig) -> None:
                   "use backbone, neck or head")
         if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not mult > 0:
             _fail(f"lr_mult.{part}", mult, "must be a number > 0", "use e.g. 0.1 to train that part 10x slower")
+        if not mult <= MAX_LR_MULT:
+            _fail(f"lr_mult.{part}", mult, f"must be a number in (0, {MAX_LR_MULT:g}]",
+                  "use e.g. 0.1 to train that part 10x slower, 2 for 2x faster")
 
 
 def _validate_schedule(cfg: TrainConfig) -> None:

@@ -164,6 +164,8 @@ def _load_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """The YAML mapping and the 1-based line of each top-level key (``names[k]`` for class entries)."""
     import yaml
 
+    from detune._yaml import safe_load
+
     if path.suffix.lower() not in {".yaml", ".yml"}:
         raise DatasetError(f"{path}: a data YAML must end in .yaml or .yml; pass the dataset's YAML file")
     try:
@@ -175,7 +177,7 @@ def _load_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: cannot read the data YAML ({exc})") from exc
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load(text)  # detune's reader: refuses duplicated keys and anchor bombs
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

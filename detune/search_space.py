@@ -156,7 +156,7 @@ def baseline_point(dims: Mapping[str, Dim], base: TrainConfig) -> dict[str, Any]
     config sets others: lr0 0.01, lrf 0.01, momentum 0.937, ...), or None when one of them lies outside its
     distribution or is not set. Searchers try it first, so a study never ends below the untuned baseline
     and its report compares against a real baseline trial."""
-    flat = {**base.to_dict(), "scheduler": base.schedule_name}
+    flat = {**base.to_dict(), "scheduler": base.schedule_name, "warmup_epochs": base.warmup_epochs}
     point = {}
     for key, dim in dims.items():
         value: Any = flat

@@ -68,6 +68,7 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
     """The fully resolved settings: schedule name and params filled in, re-runnable with ``detune.train``."""
     out = cfg.to_dict()
     out["scheduler"] = cfg.schedule_name
+    out["warmup_epochs"] = cfg.warmup_epochs  # what ran, also when unset (clamped like Ultralytics)
     out["scheduler_params"] = schedule_kwargs(cfg)
     return out
 
@@ -192,6 +193,7 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
 
     writable_dir(cfg.project, field="project")  # before the LR finder, the dataset check and any run folder
     track = resolve_tracking(cfg.tracking if tracking is None else tracking)
+    clamped = _check_before_compute(cfg)  # ConfigError for a device this machine lacks; the warmup note
     finder = None
     if cfg.lr0 == "auto":  # resolved first: params, effective_lr0 and the adapter only ever see a number
         from detune.lr_finder import resolve_auto_lr0
@@ -224,10 +226,31 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
 
         result.info["lr_finder"] = finder_info(finder, result.save_dir)
     _plot_schedule(cfg, result)
+    if clamped:
+        result.info["warmup_clamped"] = clamped
     if logger is not None:
         result.run_id = logger.run_id
         result.info["tracking"] = logger.finish(result)
     return result
+
+
+def _check_before_compute(cfg: TrainConfig) -> dict[str, float] | None:
+    """Raise ``ConfigError`` for a GPU (or MPS) device torch cannot see here, before any data or model work.
+    An unset warmup_epochs is Ultralytics' 3.0, which YOLO.train shortens to epochs - 1: say so once (a
+    DetuneWarning) and return ``cfg.warmup_clamped`` for ``result.info``."""
+    from detune.adapters.ultralytics import check_device
+
+    check_device(cfg.device)
+    clamped = cfg.warmup_clamped
+    if clamped:
+        import warnings
+
+        from detune.config import DetuneWarning
+
+        warnings.warn(f"warmup_epochs is not set: Ultralytics' default {clamped['from']:g} is clamped to "
+                      f"{clamped['to']:g} to stay below epochs ({cfg.epochs}), as YOLO.train does; set "
+                      "warmup_epochs to choose another warmup", DetuneWarning, stacklevel=3)
+    return clamped
 
 
 def _plot_schedule(cfg: TrainConfig, result: TrainResult) -> None:

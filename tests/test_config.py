@@ -143,3 +143,146 @@ def test_baseline_point_is_the_base_configs_own_values_when_the_space_holds_them
                           step) is None
     auto = from_dict({"model": "yolo11n.yaml", "data": "d.yaml", "lr0": "auto"})
     assert baseline_point(parse_search_space({"lrf": {"uniform": [0.01, 1.0]}}, auto), auto) == {"lrf": 0.01}
+
+
+# ---- issue 13, section 6: an unset warmup never trips a short training ------------------------------------
+def test_unset_warmup_is_clamped_like_ultralytics_and_explicit_warmup_still_errors() -> None:
+    cfg = from_dict({"epochs": 2})  # warmup_epochs never set: Ultralytics' 3.0 would be min(3.0, epochs - 1)
+    assert cfg.warmup_epochs == 1.0 and cfg.warmup_clamped == {"from": 3.0, "to": 1.0}
+    assert from_dict({"epochs": 1}).warmup_epochs == 0.0
+    assert from_dict({"epochs": 10}).warmup_epochs == 3.0 and from_dict({"epochs": 10}).warmup_clamped is None
+    with pytest.raises(ConfigError, match=r"warmup_epochs \(3.0\) must be >= 0 and below epochs \(2\)"):
+        from_dict({"epochs": 2, "warmup_epochs": 3.0})
+    explicit = from_dict({"epochs": 5, "warmup_epochs": 2.0})
+    assert explicit.warmup_clamped is None and explicit.to_dict()["warmup_epochs"] == 2.0
+    with pytest.raises(ConfigError, match=r"warmup_epochs \(2.0\) must be >= 0 and below epochs \(2\)"):
+        explicit.replace(epochs=2)  # an explicit value stays explicit
+
+
+def test_unset_warmup_survives_round_trips_and_epoch_changes() -> None:
+    import json
+
+    import yaml
+
+    from detune.search_space import apply_params, parse_search_space
+    from detune.study import load_study
+
+    short = from_dict({"epochs": 2})
+    assert short.replace(epochs=1).warmup_epochs == 0.0  # the clamped 1.0 never became an explicit value
+    assert short.replace(epochs=50).warmup_epochs == 3.0
+    assert TrainConfig().replace(epochs=1).warmup_epochs == 0.0
+    for text in (json.dumps(short.to_dict()), yaml.safe_dump(short.to_dict())):  # study.json, best.yaml
+        assert from_dict({**yaml.safe_load(text), "epochs": 1}).warmup_epochs == 0.0
+    assert from_dict(short.to_dict()) == short
+    base = TrainConfig(data="d.yaml")
+    assert from_dict(apply_params(base.to_dict(), {"epochs": 1})).warmup_epochs == 0.0  # a trial's params
+    parse_search_space({"epochs": {"choice": [1, 2, 8]}}, base)  # bounds checked through to_dict
+    study = load_study({"train": {"data": "d.yaml"}, "search_space": {"lr0": {"loguniform": [1e-3, 1e-1]}}},
+                       **{"train.epochs": 1})
+    assert study.train.warmup_epochs == 0.0 and from_dict({**study.train.to_dict(), "epochs": 2}).warmup_epochs == 1
+
+
+def test_baseline_point_keeps_the_effective_unset_warmup() -> None:
+    from detune.search_space import baseline_point, parse_search_space
+
+    base = from_dict({"data": "d.yaml", "epochs": 50})
+    space = parse_search_space({"warmup_epochs": {"uniform": [0.0, 3.0]}}, base)
+    assert baseline_point(space, base) == {"warmup_epochs": 3.0}
+
+
+def test_unset_warmup_clamp_is_warned_and_reported_in_result_info(tmp_path: Path, shapes_yaml: Path) -> None:
+    from detune import _fake
+    from detune.training import run
+
+    cfg = from_dict({"data": str(shapes_yaml), "epochs": 2, "imgsz": 64, "batch": 8, "nbs": 8, "device": "cpu",
+                     "plots": False, "project": str(tmp_path), "name": "w"})
+    with pytest.warns(DetuneWarning, match=r"warmup_epochs.*3.*1.*epochs \(2\)"):
+        result = run(cfg, fit=_fake.fit)
+    assert result.info["warmup_clamped"] == {"from": 3.0, "to": 1.0}
+    assert result.config["warmup_epochs"] == 1.0  # the resolved config says what ran
+    quiet = from_dict({**cfg.to_dict(), "warmup_epochs": 1.0, "name": "x"})
+    import warnings as _w
+
+    with _w.catch_warnings(record=True) as seen:
+        _w.simplefilter("always", DetuneWarning)
+        assert "warmup_clamped" not in run(quiet, fit=_fake.fit).info
+    assert not [w for w in seen if "warmup_epochs" in str(w.message)]  # an explicit warmup: no note
+
+
+# ---- issue 13, section 7: values --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"lr0": 1e308}, r"lr0 \(1e\+308\) must be <= 10000"),
+        ({"warmup_bias_lr": 1e300}, r"warmup_bias_lr \(1e\+300\) must be <= 10000"),
+        ({"weight_decay": 1e308}, r"weight_decay \(1e\+308\) must be in \[0, 1\]"),
+        ({"divergence_factor": 1e308}, r"divergence_factor \(1e\+308\) must be <= 1000000"),
+        ({"lr_mult": {"head": 1e300}}, r"lr_mult.head \(1e\+300\) must be a number in \(0, 100\]"),
+        ({"epochs": 10**9}, r"epochs \(1000000000\) must be <= 100000"),
+        ({"batch": 10**12}, r"batch \(1000000000000\) must be <= 65536"),
+        ({"nbs": 10**12}, r"nbs \(1000000000000\) must be <= 65536"),
+        ({"imgsz": 10**9}, r"imgsz \(1000000000\) must be <= 16384"),
+        ({"seed": 2**40}, r"seed \(1099511627776\) must be in \[0, 4294967295\]"),
+        ({"seed": -1}, r"seed \(-1\) must be in \[0, 4294967295\]"),
+        ({"threads": 10**9}, r"threads \(1000000000\) must be"),
+        ({"scheduler": "onecycle", "scheduler_params": {"max_lr": 1e300}}, r"max_lr \(1e\+300\)"),
+        ({"scheduler": "cyclic", "scheduler_params": {"max_lr": 1e300}}, r"max_lr \(1e\+300\)"),
+        ({"scheduler": "onecycle", "scheduler_params": {"max_lr": 0.001}},
+         r"scheduler_params.max_lr \(0.001\) must be a number >= the base lr \(0.01\)"),
+    ],
+)
+def test_out_of_range_values_name_field_value_range_and_fix(changes: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
+        from_dict(changes)
+    assert "; " in str(info.value)  # the rule, then the fix
+
+
+def test_value_bounds_keep_what_real_uses_need() -> None:
+    from_dict({"lr0": 1e3, "epochs": 100_000, "batch": 1024, "imgsz": 8192, "seed": 2**32 - 1, "nbs": 1024})
+    from_dict({"scheduler": "onecycle", "scheduler_params": {"max_lr": 0.01}})  # == lr0: the base peak
+    from_dict({"scheduler": "onecycle", "scheduler_params": {"max_lr": 0.1}})
+    from_dict({"lr0": "auto", "scheduler": "onecycle", "scheduler_params": {"max_lr": 0.1}})
+
+
+def test_gpu_device_without_a_gpu_fails_before_any_compute(tmp_path: Path, shapes_yaml: Path) -> None:
+    import torch
+
+    from detune.training import train
+
+    if torch.cuda.device_count():
+        pytest.skip("this machine has a GPU")
+    for device in ("cuda:0", "7", "0"):
+        with pytest.raises(ConfigError, match=rf"device \({device!r}\).*sees 0 GPUs.*device=cpu"):
+            train(data=str(shapes_yaml), epochs=1, device=device, project=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()  # nothing written, nothing trained
+    from detune.lr_finder import lr_find
+
+    with pytest.raises(ConfigError, match=r"device \('cuda:0'\).*sees 0 GPUs.*device=cpu"):
+        lr_find(data=str(shapes_yaml), imgsz=32, batch=8, device="cuda:0", project=str(tmp_path / "lr"))
+
+
+@pytest.mark.slow
+def test_real_two_epoch_training_with_the_default_warmup(tiny: dict) -> None:
+    import detune
+
+    settings = {k: v for k, v in tiny.items() if k != "warmup_epochs"}  # never set, as a newcomer writes it
+    with pytest.warns(DetuneWarning, match=r"warmup_epochs is not set"):
+        result = detune.train(**settings)
+    assert result.status == "completed", result.reason
+    assert result.info["warmup_clamped"] == {"from": 3.0, "to": 1.0}
+    assert result.info["warmup_steps"] == round(1.0 * result.info["steps_per_epoch"])  # min(3, epochs - 1) epochs
+    assert result.config["warmup_epochs"] == 1.0
+
+
+@pytest.mark.slow
+def test_study_with_the_default_warmup_and_short_epochs_runs_in_ray(tmp_path: Path, shapes_yaml: Path) -> None:
+    from detune import _fake
+    from detune.tuning import tune
+
+    study = {"name": "w", "output_dir": str(tmp_path / "out"),
+             "train": {"data": str(shapes_yaml), "epochs": 20, "device": "cpu", "imgsz": 32, "batch": 8, "nbs": 8},
+             "search_space": {"lr0": {"choice": [0.01, 0.02]}}, "search": "random", "trial_scheduler": "fifo",
+             "num_samples": 2, "max_concurrent_trials": 1, "tracking": False, "resources_per_trial": {"cpu": 1}}
+    result = tune(study, fit=_fake.fit, **{"train.epochs": 1})  # the payload carries warmup_epochs: None
+    assert [t["status"] for t in result.trials] == ["completed", "completed"]
+    assert result.best_config["epochs"] == 1 and result.best_config["warmup_epochs"] is None

@@ -702,3 +702,20 @@ def test_import_is_light() -> None:
     code = f"import sys, detune.schedules; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_key_points_of_a_long_training_are_bounded() -> None:
+    plan = build_plan(scheduler="step", scheduler_params={"step_size": 1000, "gamma": 0.5}, lr0=0.01,
+                      epochs=100_000, steps_per_epoch=10_000_000, warmup_epochs=2.0)
+    start = __import__("time").perf_counter()
+    points = key_points(plan)
+    assert __import__("time").perf_counter() - start < 5
+    steps = [s for s, _ in points]
+    assert 3 <= len(points) <= 1002 and steps == sorted(set(steps))
+    assert steps[0] == 0 and steps[1] == 20_000_000 and steps[-1] == plan.num_steps - 1
+    assert dict(points)[1000 * 10_000_000] == approx(0.005)  # the decays are among the epochs shown
+
+
+def test_build_plan_bounds_steps_per_epoch() -> None:
+    with pytest.raises(ConfigError, match=r"steps_per_epoch \(1e\+300\) must be <= 10000000"):
+        build_plan(scheduler="constant", scheduler_params={}, lr0=0.01, epochs=2, steps_per_epoch=1e300)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from detune import _runtime
 from detune.config import TrainConfig, schedule_kwargs
-from detune.errors import AdapterError
+from detune.errors import AdapterError, ConfigError
 
 STATE_FILE = "detune_state.json"  # written beside last.pt: optimizer-step counter and plateau state
 
@@ -75,6 +75,30 @@ def resolve_device(device: str) -> str:
 
         return "0" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def check_device(device: str) -> None:
+    """Raise ``ConfigError`` before any compute when ``device`` names a GPU (or MPS) torch cannot see here;
+    ``cpu`` and ``auto`` need no check (and no torch import)."""
+    from detune.config import parse_device
+
+    wanted = parse_device(device)
+    if wanted in ("cpu", "auto"):
+        return
+    import torch
+
+    if wanted == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device ({device!r}) asks for Apple's MPS, which torch cannot use on this machine; "
+                              "use device=cpu or device=auto")
+        return
+    count = torch.cuda.device_count()
+    if int(wanted) >= count:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        seen = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+        fix = f", or a GPU index below {count}" if count else ""
+        raise ConfigError(f"device ({device!r}) asks for GPU {wanted}, but torch sees {count} "
+                          f"GPU{'' if count == 1 else 's'} here{seen}; use device=cpu or device=auto{fix}")
 
 
 def cpu_threads(cfg: TrainConfig) -> int:
@@ -337,6 +361,7 @@ def fit(cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from:
     Returns a ``RunOutcome``; divergence and training errors are reported in it, never raised, so nothing
     already computed is lost. Setup errors (bad model file, unreadable data) raise ``AdapterError``.
     """
+    check_device(cfg.device)  # also for the LR finder's sweeps, which reach the adapter without training.run
     _runtime.prepare(verbose=cfg.verbose)
     ctl = _Control(cfg, observer, Path(resume_from) if resume_from else None, probe)
     try:

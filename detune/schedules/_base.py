@@ -23,7 +23,13 @@ def floor_steps(x: float) -> int:
 
 def reached(step: float, boundary: float) -> bool:
     """Whether optimizer step ``step`` is at or past ``boundary`` (both in steps), up to float noise."""
-    return step >= boundary - BOUNDARY_TOL * max(1.0, abs(boundary))
+    return step >= boundary - boundary_slack(boundary)
+
+
+def boundary_slack(boundary: float) -> float:
+    """How far below ``boundary`` (in steps) float noise may put it: relative, but never 1/1000 of a step or
+    more, so boundaries of the longest trainings (1e10 steps and more) are still hit on their own step."""
+    return min(BOUNDARY_TOL * max(1.0, abs(boundary)), 1e-3)
 
 
 def interp(x: float, x_end: float, y_start: float, y_end: float) -> float:
@@ -85,13 +91,14 @@ Check = Callable[[Any, float], bool]
 class ParamSpec:
     """One user-facing schedule parameter: its default, its rule (checked and quoted in errors) and a doc.
 
-    ``rule`` completes "scheduler_params.<name> (<value>) ..." and may use ``{base_lr}``; ``check`` gets
+    ``rule`` completes "scheduler_params.<name> (<value>) ..." and may use ``{base_lr}`` (or is a function of
+    the value and the base lr giving that text); ``check`` gets
     the value and the schedule's base lr; ``example`` is a valid value for the fix hint, or a function
     of the base lr giving one.
     """
 
     default: Any
-    rule: str
+    rule: str | Callable[[Any, float], str]
     example: Any
     check: Check
     doc: str = ""
@@ -99,7 +106,7 @@ class ParamSpec:
     def validate(self, name: str, value: Any, base_lr: float) -> None:
         """Raise ``ConfigError`` naming field, value, rule and fix unless ``value`` is valid."""
         if not self.check(value, base_lr):
-            rule = self.rule.format(base_lr=base_lr)
+            rule = self.rule(value, base_lr) if callable(self.rule) else self.rule.format(base_lr=base_lr)
             example = self.example(base_lr) if callable(self.example) else self.example
             raise ConfigError(f"scheduler_params.{name} ({value!r}) {rule}; use e.g. {name}: {example}")
 
@@ -141,19 +148,31 @@ def number(
     return ParamSpec(default, rule, default if example is None else example, check, doc)
 
 
+MAX_LR = 1e4  # the largest absolute lr a schedule param may name (as detune.config bounds lr0)
+
+
 def lr_bound(default: float | None, *, relation: str, example: Any, doc: str = "") -> ParamSpec:
-    """An absolute lr compared with the base lr: ``relation`` is "below" (``[0, base_lr)``) or "above"."""
+    """An absolute lr compared with the base lr: ``relation`` is "below" (``[0, base_lr)``), "above"
+    (``(base_lr, MAX_LR]``) or "at_least" (``[base_lr, MAX_LR]``)."""
     if relation == "below":
-        rule = "must be a number in [0, base lr {base_lr:g})"
+        text = "must be a number in [0, base lr {base_lr:g})"
+    elif relation == "above":
+        text = "must be a number above the base lr ({base_lr:g})"
     else:
-        rule = "must be a number above the base lr ({base_lr:g})"
+        text = "must be a number >= the base lr ({base_lr:g})"
+
+    def rule(value: Any, base_lr: float) -> str:
+        too_high = relation != "below" and is_number(value) and value > MAX_LR
+        return f"must be a number <= {MAX_LR:g}" if too_high else text.format(base_lr=base_lr)
 
     def check(value: Any, base_lr: float) -> bool:
         if value is None:
             return default is None
         if not is_number(value):
             return False
-        return bool(0 <= value < base_lr if relation == "below" else value > base_lr)
+        if relation == "below":
+            return bool(0 <= value < base_lr)
+        return bool((value > base_lr if relation == "above" else value >= base_lr) and value <= MAX_LR)
 
     return ParamSpec(default, rule, example, check, doc)
 

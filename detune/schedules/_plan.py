@@ -13,6 +13,7 @@ from detune.schedules._warmup import LinearWarmup
 
 Interval = Literal["step", "epoch"]
 INTERVALS: tuple[Interval, ...] = ("step", "epoch")
+MAX_STEPS_PER_EPOCH = 10_000_000  # 10M optimizer steps per epoch: far beyond any dataset, still closed form
 
 
 @dataclass
@@ -129,6 +130,9 @@ def build_plan(
         raise _fail("epochs", epochs, "must be an integer >= 1", "use e.g. epochs: 100")
     if not is_number(steps_per_epoch) or steps_per_epoch <= 0:
         raise _fail("steps_per_epoch", steps_per_epoch, "must be a number > 0", "pass batches / accumulate")
+    if steps_per_epoch > MAX_STEPS_PER_EPOCH:
+        raise _fail("steps_per_epoch", steps_per_epoch, f"must be <= {MAX_STEPS_PER_EPOCH}",
+                    "pass batches / accumulate of one epoch")
     if interval not in INTERVALS:
         raise _fail("scheduler_interval", interval, "must be one of 'step', 'epoch'",
                     "use e.g. scheduler_interval: step")

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from detune.schedules._base import BOUNDARY_TOL
+from detune.schedules._base import boundary_slack
 from detune.schedules._plan import LRPlan
 
 # Ultralytics' build_optimizer order (engine/trainer.py): pg0 weights with decay, pg1 norm weights,
@@ -18,24 +18,41 @@ DEFAULT_GROUPS: tuple[tuple[str, bool, float], ...] = (
 )
 _MAX_POINTS = 20_000  # longer trainings are drawn from every n-th step plus every key point
 _MAX_EPOCH_LINES = 60
+_MAX_KEY_EPOCHS = 1_000  # key points show at most this many epoch starts (every n-th epoch of longer trainings)
 
 
 def _first_step_of_epoch(plan: LRPlan, epoch: int) -> int:
     """Smallest optimizer step taken in ``epoch`` by step count (``plan.epoch_of``)."""
-    return math.ceil(epoch * plan.steps_per_epoch - BOUNDARY_TOL * max(1.0, epoch * plan.steps_per_epoch))
+    return math.ceil(epoch * plan.steps_per_epoch - boundary_slack(epoch * plan.steps_per_epoch))
 
 
 def _key_steps(plan: LRPlan) -> list[int]:
+    """At most ``_MAX_KEY_EPOCHS + 3`` steps, whatever the length of the training (nothing per step)."""
     last = plan.num_steps - 1
     steps = {0, last}
     if 0 < plan.warmup_steps < last:
         steps.add(plan.warmup_steps)
-    steps.update(s for e in range(1, plan.epochs) if (s := _first_step_of_epoch(plan, e)) < last)
+    every = max(1, math.ceil((plan.epochs - 1) / _MAX_KEY_EPOCHS))
+    steps.update(s for e in range(every, plan.epochs, every) if (s := _first_step_of_epoch(plan, e)) < last)
     return sorted(steps)
+
+
+def sample_steps(plan: LRPlan) -> list[int]:
+    """The optimizer steps a plot or a summary evaluates: every step of a short training, every n-th step of a
+    long one (at most ``_MAX_POINTS``), plus the key points; bounded whatever ``plan.num_steps`` is."""
+    stride = max(1, math.ceil(plan.num_steps / _MAX_POINTS))
+    return sorted(set(range(0, plan.num_steps, stride)) | set(_key_steps(plan)) | {plan.num_steps - 1})
+
+
+def peak_lr(plan: LRPlan) -> float:
+    """The highest weight-group lr over ``sample_steps`` (exact when every step is sampled)."""
+    return max(plan.lr(step, plan.epoch_of(step)) for step in sample_steps(plan))
 
 
 def key_points(plan: LRPlan) -> list[tuple[int, float]]:
     """``(step, lr)`` of a weight group at the start, the end of warmup, each epoch's first step and the end.
+
+    Trainings over ``_MAX_KEY_EPOCHS`` epochs show every n-th epoch's first step instead, so the list stays short.
 
     Example:
         >>> from detune.schedules import build_plan
@@ -78,8 +95,7 @@ def plot(
         raise ImportError("detune.schedules.plot needs matplotlib: pip install matplotlib") from exc
 
     last = plan.num_steps - 1
-    stride = max(1, math.ceil(plan.num_steps / _MAX_POINTS))
-    steps = sorted(set(range(0, plan.num_steps, stride)) | set(_key_steps(plan)) | {last})
+    steps = sample_steps(plan)
     epochs = [plan.epoch_of(k) for k in steps]
 
     fig = Figure(figsize=(9.0, 5.5), layout="constrained")

@@ -72,7 +72,9 @@ _REGISTRY: Mapping[str, ScheduleInfo] = MappingProxyType({
         ),
         _info(
             "onecycle", OneCycleSchedule, "1cycle: warm up to max_lr, then anneal far below the start",
-            max_lr=number(None, lo=0, lo_open=True, example=0.1, doc="peak lr; None: the base lr"),
+            # the peak: below the base lr it would train at max_lr while every summary says lr0
+            max_lr=lr_bound(None, relation="at_least", example=lambda base: f"{base:g} (or leave it unset)",
+                            doc="peak lr, >= the base lr; None: the base lr"),
             pct_start=number(0.3, lo=0, hi=1, lo_open=True, hi_open=True, doc="fraction of training rising"),
             div_factor=number(25.0, lo=1, doc="initial lr = max_lr / div_factor"),
             final_div_factor=number(1e4, lo=1, doc="final lr = initial lr / final_div_factor"),
