@@ -80,7 +80,12 @@ def _experiment_id(store: str, name: str | None) -> str | None:
     """The id of experiment ``name`` (TrackingError when missing), or of the only one besides "Default"."""
     from detune.tracking import list_experiments
 
-    found = list_experiments(store)
+    try:
+        found = list_experiments(store)
+    except TrackingError:
+        if name is not None:
+            raise
+        return None  # the experiments list; the server reports what is wrong with the store
     if name is not None:
         ids = [i for i, n in found if n == name]
         if not ids:

@@ -68,6 +68,12 @@ def test_ui_page_is_the_runs_table_of_the_experiment(tmp_path: Path, monkeypatch
     assert ui_command(uri, port=port, experiment="other").page == f"{base}/#/experiments/{second}/runs?{VIEW}"
     with pytest.raises(TrackingError, match=r"no experiment 'quik' in .*did you mean 'quick'"):
         ui_command(uri, port=port, experiment="quik")
+    from typer.testing import CliRunner
+
+    from detune.cli import app
+
+    result = CliRunner().invoke(app, ["ui", "--uri", uri, "--port", str(port), "--experiment", "quik"])
+    assert result.exit_code == 1 and "did you mean 'quick'?" in result.output, result.output
     with pytest.raises(TrackingError, match=r"no experiment 'xxxxx.*\.\.\. in ") as caught:
         ui_command(uri, port=port, experiment="x" * 600)
     assert "x" * 100 not in str(caught.value)
