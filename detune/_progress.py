@@ -344,12 +344,14 @@ def _elapsed_text(seconds: float) -> str:
 def mlflow_link(uri: str, experiment: str, experiment_id: str | None) -> str:
     """Where to see an experiment's runs: the UI page of its runs table (Model-training view, not MLflow 3.17's
     GenAI view) for a server, else the ``detune ui`` command that serves the local store, plus that page."""
-    from detune.tracking_config import ui_url
+    from detune.tracking_config import local_path, ui_url
 
     if not uri:
         return ""
     if uri.startswith(("http://", "https://")):
         return f"experiment {experiment}: {ui_url(uri, experiment_id)}"
+    if local_path(uri) is None:  # a database or Databricks store: its own UI
+        return f"experiment {experiment} of {uri}"
     page = f" (page {ui_url('', experiment_id)})" if experiment_id is not None else ""
     return f"experiment {experiment}: detune ui --uri {shlex.quote(uri)} --experiment {shlex.quote(experiment)}{page}"
 
@@ -393,8 +395,10 @@ def tune_summary(result: Any, study: Any, *, report: Path | None, log: Path | No
     track = resolve_tracking(study.tracking, default_experiment=study.name)
     if result.parent_run_id and track is not None:
         from detune.tracking import find_experiment_id
+        from detune.tracking_config import local_path
 
-        where = mlflow_link(redact(track.uri), track.experiment, find_experiment_id(track))
+        linked = track.uri.startswith(("http://", "https://")) or local_path(track.uri) is not None
+        where = mlflow_link(redact(track.uri), track.experiment, find_experiment_id(track) if linked else None)
         lines.append(f"MLflow: run {result.parent_run_id} in {where}")
     return {"name": result.name, "metric": result.metric, "mode": result.mode, "interrupted": interrupted,
             "best_config": result.best_config, "best_params": result.best_params,

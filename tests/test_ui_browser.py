@@ -103,6 +103,10 @@ def test_summaries_print_model_training_links(tmp_path: Path) -> None:
     _, lines = tune_summary(result, SimpleNamespace(tracking=server, name="s"), report=None, log=None,
                             elapsed=3.0, interrupted=False)
     assert f"experiment s: {server}/#/experiments?{VIEW}" in next(x for x in lines if x.startswith("MLflow:"))
+    _, lines = tune_summary(result, SimpleNamespace(tracking="postgresql://db/mlflow", name="s"), report=None,
+                            log=None, elapsed=3.0, interrupted=False)
+    line = next(x for x in lines if x.startswith("MLflow:"))
+    assert "experiment s of postgresql://db/mlflow" in line and "detune ui" not in line, line
 
 
 # ---- what a real browser shows there (slow) -------------------------------------------------------------------
