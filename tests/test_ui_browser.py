@@ -229,8 +229,8 @@ def served_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
 
 
 @pytest.mark.slow
-def test_printed_url_opens_the_runs_table_with_parent_and_trials(served_study: dict[str, Any],
-                                                                  browser: Chromium) -> None:
+def test_printed_url_opens_the_runs_table_with_parent_and_trials(browser: Chromium,
+                                                                  served_study: dict[str, Any]) -> None:
     url, parent, children = served_study["url"], served_study["parent"], served_study["children"]
     assert url == f"{served_study['base']}/#/experiments/{served_study['exp_id']}/runs?{VIEW}"
     text = browser.open(url, until=parent)
@@ -251,8 +251,8 @@ def test_printed_url_opens_the_runs_table_with_parent_and_trials(served_study: d
 
 
 @pytest.mark.slow
-def test_the_experiment_link_without_the_view_shows_no_runs(served_study: dict[str, Any],
-                                                             browser: Chromium) -> None:
+def test_the_experiment_link_without_the_view_shows_no_runs(browser: Chromium,
+                                                             served_study: dict[str, Any]) -> None:
     """MLflow's own experiment link opens the GenAI overview: no runs table (what detune's links avoid)."""
     plain = f"{served_study['base']}/#/experiments/{served_study['exp_id']}"
     text = browser.open(plain, until="Overview")
