@@ -5,7 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.detune-installed
 
-.PHONY: demo test install clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+
+.PHONY: demo test install clean browser
 
 install: $(STAMP)
 
@@ -21,6 +23,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Chromium for the MLflow UI test (tests/test_ui_browser.py skips without one). Never fails: no apt, no browser.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; } \
+		|| echo "warning: could not install chromium with apt; tests/test_ui_browser.py will skip" >&2
 
 clean:
 	rm -rf $(VENV) runs mlflow.db

@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -342,6 +343,21 @@ def _elapsed_text(seconds: float) -> str:
     return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 
+def mlflow_link(uri: str, experiment: str, experiment_id: str | None) -> str:
+    """Where to see an experiment's runs: the UI page of its runs table (Model-training view, not MLflow 3.17's
+    GenAI view) for a server, else the ``detune ui`` command that serves the local store, plus that page."""
+    from detune.tracking_config import local_path, ui_url
+
+    if not uri:
+        return ""
+    if uri.startswith(("http://", "https://")):
+        return f"experiment {experiment}: {ui_url(uri, experiment_id)}"
+    if local_path(uri) is None:  # a database or Databricks store: its own UI
+        return f"experiment {experiment} of {uri}"
+    page = f" (page {ui_url('', experiment_id)})" if experiment_id is not None else ""
+    return f"experiment {experiment}: detune ui --uri {shlex.quote(uri)} --experiment {shlex.quote(experiment)}{page}"
+
+
 def train_summary(result: Any, log: Path | None) -> Summary:
     best = result.best
     lines = [f"status: {result.status}" + (f" ({result.reason})" if result.reason else ""),
@@ -358,7 +374,9 @@ def train_summary(result: Any, log: Path | None) -> Summary:
                      + (f" and {len(files) - 5} more" if len(files) > 5 else "")
                      + f" (reasons: detune data check {result.info.get('dataset', {}).get('data.yaml', '')})")
     if result.run_id:
-        lines.append(f"MLflow run: {result.run_id}")
+        track = result.info.get("tracking") or {}
+        where = mlflow_link(track.get("uri", ""), track.get("experiment", ""), track.get("experiment_id"))
+        lines.append(f"MLflow run: {result.run_id}" + (f" in {where}" if where else ""))
     if log is not None:
         lines.append(f"log: {log}")
     return {"status": result.status, "reason": result.reason, "best_epoch": result.best_epoch, "best": best,
@@ -385,8 +403,12 @@ def tune_summary(result: Any, study: Any, *, report: Path | None, log: Path | No
     lines += [f"{name}: {path}" for name, path in (("report", report), ("log", log)) if path is not None]
     track = resolve_tracking(study.tracking, default_experiment=study.name)
     if result.parent_run_id and track is not None:
-        ui = redact(track.uri) if track.uri.startswith("http") else f"detune ui --uri {track.uri}"
-        lines.append(f"MLflow: experiment {track.experiment}, run {result.parent_run_id}: {ui}")
+        from detune.tracking import find_experiment_id
+        from detune.tracking_config import local_path
+
+        linked = track.uri.startswith(("http://", "https://")) or local_path(track.uri) is not None
+        where = mlflow_link(redact(track.uri), track.experiment, find_experiment_id(track) if linked else None)
+        lines.append(f"MLflow: run {result.parent_run_id} in {where}")
     return {"name": result.name, "metric": result.metric, "mode": result.mode, "interrupted": interrupted,
             "best_config": result.best_config, "best_params": result.best_params,
             "best_metrics": result.best_metrics, "trials": result.trials,

@@ -559,14 +559,20 @@ def ui(uri: Annotated[str | None, typer.Option("--uri", help="MLflow store (defa
                                                               "./mlflow.db).")] = None,
        host: Annotated[str, typer.Option(help="Address to listen on. The UI has no login: keep 127.0.0.1 "
                                               "and use an SSH tunnel to reach it from elsewhere.")] = "127.0.0.1",
-       port: Annotated[int, typer.Option(help="TCP port.")] = 5000, debug: DebugOpt = False) -> None:
+       port: Annotated[int, typer.Option(help="TCP port.")] = 5000,
+       experiment: Annotated[str | None, typer.Option(help="Experiment (study name) whose runs table the printed "
+                                                           "URL opens; default: the store's only one.")] = None,
+       debug: DebugOpt = False) -> None:
     """Open the MLflow UI on a local tracking store: studies, trials, curves, artifacts. Ctrl-C stops it.
+
+    The printed URL opens the runs table in MLflow's Model-training view (MLflow 3.17 starts in its GenAI
+    view, where training runs do not appear).
 
     [bold]Examples[/bold]
 
       detune ui
 
-      detune ui --uri sqlite:///runs/mlflow.db --port 5001
+      detune ui --uri sqlite:///runs/mlflow.db --port 5001 --experiment quick
     """
     import signal
     import subprocess
@@ -574,12 +580,12 @@ def ui(uri: Annotated[str | None, typer.Option("--uri", help="MLflow store (defa
     from detune import _runtime
     from detune.ui import ui_command
 
-    server = _guard(lambda: ui_command(uri, host=host, port=port), debug)
+    server = _guard(lambda: ui_command(uri, host=host, port=port, experiment=experiment), debug)
     if server.warning:
         typer.echo(f"warning: {server.warning}", err=True)
     log = _runtime.home() / "ui.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    typer.echo(f"MLflow UI for {server.store} at {server.url}  (Ctrl-C to stop; server log: {log})")
+    typer.echo(f"MLflow UI for {server.store} at {server.page}  (Ctrl-C to stop; server log: {log})")
     with open(log, "wb") as out:
         proc = subprocess.Popen(server.cmd, env=server.env, stdout=out, stderr=subprocess.STDOUT)
         try:

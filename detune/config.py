@@ -89,7 +89,7 @@ class TrainConfig:
     lr_scaling: str = "none"
     divergence_factor: float = 10.0  # stop when smoothed loss > factor x its minimum after warmup; 0 = off
     threads: int | None = None  # CPU threads for torch; None = every core this process may use
-    tracking: Any = False  # False, True (default store), a tracking URI, or a mapping (see detune.tracking_config)
+    tracking: Any = "auto"  # on when $MLFLOW_TRACKING_URI is set; False, True, a URI, a mapping: see tracking_config
     verbose: bool = False
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -72,6 +72,8 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
     if isinstance(train_raw, (str, os.PathLike)):
         path = Path(train_raw) if Path(train_raw).is_absolute() else base_dir / train_raw
         train_raw = read_yaml(path)
+    if isinstance(train_raw, Mapping) and "tracking" not in train_raw:  # the study's own `tracking` decides,
+        train_raw = {**train_raw, "tracking": False}  # not detune.train's "auto" (on with MLFLOW_TRACKING_URI)
     train = from_dict(train_raw)
     if "search_space" not in raw:
         raise ConfigError("search_space is missing; add e.g. search_space: {lr0: {loguniform: [1.0e-4, 1.0e-1]}}")

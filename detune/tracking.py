@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import logging
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detune.errors import ConfigError, TrackingError
-from detune.tracking_config import TrackingConfig, local_path, redact
+from detune.tracking_config import TrackingConfig, clip, local_path, redact
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 UNLOGGED_FILE = "mlflow_unlogged.json"
 PROBE_TIMEOUT = 3.0  # seconds for the reachability probe of an HTTP server
+LOCK_TIMEOUT = 120.0  # seconds to wait for another process creating the same sqlite store
 _CALL_TIMEOUT, _UPLOAD_TIMEOUT = 10, 60  # seconds per MLflow HTTP call / artifact upload
 _MAX_ENTITIES, _MAX_PARAMS_TAGS = 1000, 100  # MLflow's log_batch limits
 _MAX_KEY, _MAX_PARAM_VALUE, _MAX_TAG_VALUE = 250, 6000, 8000
@@ -101,21 +103,56 @@ def _as_tracking_error(cfg: TrackingConfig, what: str) -> Iterator[None]:
     except TrackingError:
         raise
     except Exception as e:  # noqa: BLE001 - MLflow, SQLAlchemy and requests errors all mean the same here
-        raise TrackingError(f"{what} in MLflow store {redact(cfg.uri)}: {type(e).__name__}: {_short(e)}; "
+        raise TrackingError(f"{what} in MLflow store {cfg.describe()}: {type(e).__name__}: {_short(e)}; "
                             f"check that the store is reachable and writable, {_FIX}") from e
 
 
-def _client(uri: str) -> MlflowClient:
-    """A client bound to ``uri``; ``TrackingError`` when MLflow refuses the store (e.g. a file store)."""
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold ``<db>.lock`` (flock) for a local sqlite store: MLflow creates a fresh DB's tables on first open,
+    and two processes doing that at once crash one of them ("duplicate column name", "Online migration
+    expected to match one row"). Other stores, and a DB whose folder does not exist yet, need no lock."""
+    path = local_path(uri) if uri.startswith("sqlite:") else None
+    if path is None or not path.parent.is_dir():
+        yield
+        return
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a read-only folder: nothing can create the DB there, so nothing to serialize
+        yield
+        return
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TrackingError(f"MLflow store {path} stayed locked by another process for "
+                                        f"{LOCK_TIMEOUT:g} s ({lock}); wait for it to finish or stop it") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _client(uri: str, shown: str | None = None) -> MlflowClient:
+    """A client bound to ``uri``; ``TrackingError`` (naming ``shown``, default the redacted URI) when MLflow
+    refuses the store (e.g. a file store). A local sqlite store is opened under ``_store_lock``."""
     from detune import _runtime
 
     _runtime.prepare()  # MLFLOW_DISABLE_TELEMETRY etc. must be set before mlflow is imported
     from mlflow.tracking import MlflowClient
 
     try:
-        return MlflowClient(tracking_uri=uri)
+        with _store_lock(uri):
+            return MlflowClient(tracking_uri=uri)
+    except TrackingError:
+        raise
     except Exception as e:  # noqa: BLE001 - unknown scheme, file store switched off, unreadable DB
-        raise TrackingError(f"MLflow cannot open tracking store {redact(uri)}: {_short(e)}; use e.g. "
+        raise TrackingError(f"MLflow cannot open tracking store {shown or redact(uri)}: {_short(e)}; use e.g. "
                             f"sqlite:///mlflow.db or http://host:5000, {_FIX}") from e
 
 
@@ -139,32 +176,44 @@ def check_reachable(cfg: TrackingConfig) -> None:
         except (OSError, ValueError) as e:
             reason = f"{type(e).__name__}: {_short(getattr(e, 'reason', e))}"
         if reason:
-            raise TrackingError(f"MLflow tracking server {redact(cfg.uri)} is not reachable ({reason}); "
+            raise TrackingError(f"MLflow tracking server {cfg.describe()} is not reachable ({reason}); "
                                 "start it (e.g. `mlflow server --host 127.0.0.1 --port 5000`), point "
                                 f"tracking or MLFLOW_TRACKING_URI at a running server, {_FIX}")
         return
     path = local_path(cfg.uri)
     if path is not None:
+        _check_sqlite_file(cfg)
         folder = path.parent if parts.scheme == "sqlite" else path
         existing = next(p for p in (folder, *folder.parents) if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK):
-            raise TrackingError(f"MLflow store {cfg.uri} cannot be created: {existing} is not a writable "
+            raise TrackingError(f"MLflow store {cfg.describe()} cannot be created: {existing} is not a writable "
                                 f"directory; choose another tracking URI, {_FIX}")
         return
     with _as_tracking_error(cfg, "cannot reach the tracking store"):
-        _client(cfg.uri).search_experiments(max_results=1)
+        _client(cfg.uri, cfg.describe()).search_experiments(max_results=1)
+
+
+def _check_sqlite_file(cfg: TrackingConfig) -> None:
+    """A sqlite URI names the database file: a folder there makes MLflow retry for minutes, so refuse it now."""
+    path = local_path(cfg.uri)
+    if cfg.uri.startswith("sqlite:") and path is not None and path.is_dir():
+        raise TrackingError(f"MLflow store {cfg.describe()}: {path} is a folder, but a sqlite URI names the "
+                            f"database file; use e.g. sqlite:///{path / 'mlflow.db'}, {_FIX}")
 
 
 def prepare_store(cfg: TrackingConfig) -> str:
     """Create the store and the experiment once (before parallel writers) and return the experiment id.
 
-    Two processes creating a fresh sqlite DB at once crash one of them, so a study calls this in its driver.
+    Two processes creating a fresh sqlite DB at once would crash one of them (MLflow creates the tables on
+    first open); ``_client`` serializes that with a file lock next to the DB, and a study still calls this in
+    its driver before any trial starts.
     """
     path = local_path(cfg.uri)
     if path is not None and cfg.uri.startswith("sqlite:"):
+        _check_sqlite_file(cfg)
         path.parent.mkdir(parents=True, exist_ok=True)
-    with _as_tracking_error(cfg, f"cannot open experiment {cfg.experiment!r}"):
-        client = _client(cfg.uri)
+    with _as_tracking_error(cfg, f"cannot open experiment {clip(cfg.experiment)}"):
+        client = _client(cfg.uri, cfg.describe())
         exp = client.get_experiment_by_name(cfg.experiment)
         if exp is None:
             try:
@@ -174,7 +223,7 @@ def prepare_store(cfg: TrackingConfig) -> str:
                 if exp is None:
                     raise
         if exp.lifecycle_stage == "deleted":
-            raise TrackingError(f"experiment {cfg.experiment!r} in {redact(cfg.uri)} is deleted; restore it "
+            raise TrackingError(f"experiment {clip(cfg.experiment)} in {cfg.describe()} is deleted; restore it "
                                 f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or use "
                                 "another experiment name")
         return str(exp.experiment_id)
@@ -278,6 +327,7 @@ class _Sender:
     def __init__(self, cfg: TrackingConfig, run_id: str) -> None:
         self.cfg, self.client, self.run_id = cfg, _client(cfg.uri), run_id
         self.save_dir: Path | None = None
+        self.experiment_id: str | None = None  # for links to the run (set by open_training_run)
         self._pending: list[Any] = []  # mlflow.entities.Metric, in logging order
         self._tags: dict[str, str] = {}
         self._rejected: list[Any] = []  # points the store refused as invalid (never retried)
@@ -360,7 +410,8 @@ class _Sender:
         left = [*self._pending, *self._rejected]
         csv = self.save_dir / "results.csv" if self.save_dir else None
         out: dict[str, Any] = {
-            "uri": redact(self.cfg.uri), "experiment": self.cfg.experiment, "run_id": self.run_id, **extra,
+            "uri": redact(self.cfg.uri), "experiment": self.cfg.experiment, "experiment_id": self.experiment_id,
+            "run_id": self.run_id, **extra,
             "logged_points": self._logged, "unlogged_points": len(left), "unlogged_tags": len(self._tags),
             "errors": list(self._errors), "local_copy": str(csv) if csv and csv.is_file() else None,
             "unlogged_file": None}
@@ -489,9 +540,11 @@ def open_training_run(cfg: TrackingConfig, *, config: Mapping[str, Any], dataset
         TrackingError: before any training, when the store is unreachable or refuses the run.
     """
     check_reachable(cfg)
-    prepare_store(cfg)
-    return RunLogger(cfg, params=training_params(config, dataset, effective_lr0=effective_lr0),
-                     tags={"detune.device": config.get("device", "")})
+    experiment_id = prepare_store(cfg)
+    logger = RunLogger(cfg, params=training_params(config, dataset, effective_lr0=effective_lr0),
+                       tags={"detune.device": config.get("device", "")})
+    logger.experiment_id = experiment_id
+    return logger
 
 
 def flush_unlogged(path: str | os.PathLike[str]) -> int:
@@ -615,14 +668,14 @@ def read_study_runs(uri: str, experiment: str, *, run_id: str | None = None,
         client = _client(uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            raise ConfigError(f"no study folder and no MLflow experiment named {experiment!r} in "
+            raise ConfigError(f"no study folder and no MLflow experiment named {clip(experiment)} in "
                               f"{redact(uri)}; pass a study output_dir (with trials.csv), or the "
                               "experiment name with --tracking-uri")
         found = [client.get_run(run_id)] if run_id else client.search_runs(
             [exp.experiment_id], filter_string="tags.`detune.kind` = 'study'",
             order_by=["attributes.start_time DESC"], max_results=1)
         if not found:
-            raise ConfigError(f"experiment {experiment!r} holds no study run (tag detune.kind=study); run a "
+            raise ConfigError(f"experiment {clip(experiment)} holds no study run (tag detune.kind=study); run a "
                               "study with tracking on, or pass --run-id")
         parent = found[0]
         keys = (metric or parent.data.params.get("metric") or "metrics/mAP50-95", "lr/pg0", "lr_step/pg0")
@@ -644,7 +697,30 @@ def read_study_runs(uri: str, experiment: str, *, run_id: str | None = None,
     except (ConfigError, TrackingError):
         raise
     except Exception as e:  # noqa: BLE001 - MLflow, SQLAlchemy and requests errors all mean the same here
-        raise TrackingError(f"cannot read experiment {experiment!r} from {redact(uri)}: "
+        raise TrackingError(f"cannot read experiment {clip(experiment)} from {redact(uri)}: "
                             f"{type(e).__name__}: {e}") from e
     return {"parent": {"run_id": parent.info.run_id, "name": parent.info.run_name,
                        "params": dict(parent.data.params)}, "children": children}
+
+
+def list_experiments(uri: str) -> list[tuple[str, str]]:
+    """``(experiment_id, name)`` of the active experiments of a store, oldest first (``detune ui``).
+
+    Raises:
+        TrackingError: the store cannot be read.
+    """
+    cfg = TrackingConfig(uri=uri)
+    with _as_tracking_error(cfg, "cannot list experiments"):
+        found = _client(uri).search_experiments(max_results=1000, order_by=["creation_time ASC"])
+    return [(str(e.experiment_id), str(e.name)) for e in found]
+
+
+def find_experiment_id(cfg: TrackingConfig) -> str | None:
+    """The id of ``cfg.experiment``, or None when it does not exist or the store cannot be read (for links)."""
+    try:
+        with _quick_http(int(PROBE_TIMEOUT)):
+            exp = _client(cfg.uri).get_experiment_by_name(cfg.experiment)
+    except Exception as e:  # noqa: BLE001 - a link is a courtesy: never fail a finished run over it
+        log.warning("cannot read experiment %s from %s: %s", clip(cfg.experiment), cfg.describe(), _short(e))
+        return None
+    return str(exp.experiment_id) if exp is not None else None

@@ -17,6 +17,7 @@ def detune_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Point detune's state (private Ultralytics settings, generated data) at a temp dir for the session."""
     home = tmp_path_factory.mktemp("detune-home")
     os.environ["DETUNE_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # detune.train's tracking "auto" must not log to the user's store
     return home
 
 

@@ -513,3 +513,120 @@ def test_server_stopped_mid_training_points_are_flushed_when_back(tiny: dict,
     report = result.info["tracking"]
     assert report["errors"], report  # logging did fail during epoch 2
     assert_training_logged(client_for(mlflow_server.url), result)
+
+
+# ---- the edges: defaults, bad stores, the environment, long names, concurrent creation ------------------
+def test_train_tracking_is_auto_on_with_mlflow_tracking_uri(tmp_path: Path, shapes_yaml: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """detune.train's default follows MLFLOW_TRACKING_URI (a real run there when it is set, nothing when it
+    is not); a study keeps its own default (true) and its trials do not follow the variable on their own."""
+    from detune import _fake
+    from detune._progress import train_summary
+    from detune.study import load_study
+    from detune.training import run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    base = {"data": str(shapes_yaml), "epochs": 2, "project": str(tmp_path / "runs"), "warmup_epochs": 0.0}
+    assert TrainConfig().tracking == "auto" and resolve_tracking("auto") is None
+    off = run(load_config(None, **base, name="off"), fit=_fake.fit)
+    assert off.status == "completed" and off.run_id is None and not (tmp_path / "mlflow.db").exists()
+    study = load_study({"search_space": {"lr0": {"choice": [0.01]}}})
+    assert study.tracking is True and study.train.tracking is False
+
+    store = tmp_path / "env" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env/mlflow.db")
+    auto = resolve_tracking("auto")
+    assert auto is not None and auto.uri == f"sqlite:///{store}" and auto.origin == "MLFLOW_TRACKING_URI"
+    on = run(load_config(None, **base, name="on"), fit=_fake.fit)
+    assert on.status == "completed" and on.run_id is not None
+    logged = client_for(f"sqlite:///{store}").get_run(on.run_id)
+    assert logged.info.status == "FINISHED" and logged.data.params["epochs"] == "2"
+    assert steps_of(client_for(f"sqlite:///{store}"), on.run_id, "metrics/mAP50-95") == [1, 2]
+    assert load_config(None, **base, tracking=False).tracking is False  # an explicit false still wins
+    _, lines = train_summary(on, None)
+    link = next(line for line in lines if line.startswith("MLflow run:"))
+    assert f"detune ui --uri sqlite:///{store} --experiment detune" in link
+    assert "workflowType=machine_learning" in link, link
+
+
+def test_sqlite_uri_on_a_folder_fails_within_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow retries a sqlite URI that names a folder for 100 s and more: detune refuses it at once, saying
+    which value and, for the environment variable, where it came from."""
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for value, env in (("sqlite:///runs", None), (True, "sqlite:///")):
+        if env is not None:
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", env)
+        cfg = resolve_tracking(value)
+        start = time.monotonic()
+        for step in (tracking.check_reachable, tracking.prepare_store):
+            with pytest.raises(TrackingError, match=r"is a folder, but a sqlite URI names the database file; "
+                                                    r"use e\.g\. sqlite:///.*mlflow\.db") as caught:
+                step(cfg)
+            assert ("from MLFLOW_TRACKING_URI" in str(caught.value)) == (env is not None), caught.value
+        assert time.monotonic() - start < 10
+
+
+def test_named_stores_pass_through_and_fail_naming_the_environment(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLFLOW_TRACKING_URI=databricks is MLflow's Databricks store, not a folder ./databricks: it reaches MLflow
+    as it is, and without a workspace the error names the value and the variable it came from."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("databricks", "databricks-uc", "uc"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", name)
+        cfg = resolve_tracking(True)
+        assert cfg.uri == name and cfg.origin == "MLFLOW_TRACKING_URI"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "none.cfg"))  # no workspace, whatever ~ holds
+    monkeypatch.setenv("HOME", str(tmp_path))
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match=r"databricks \(from MLFLOW_TRACKING_URI\)") as caught:
+        tracking.check_reachable(resolve_tracking(True))
+    assert time.monotonic() - start < 60
+    assert "file:" not in str(caught.value) and not (tmp_path / "databricks").exists()
+
+
+def test_long_experiment_names_are_refused_and_never_echoed_whole() -> None:
+    long = "e" * 600
+    with pytest.raises(ConfigError, match=r"600 characters\) is longer than MLflow's limit of 500") as caught:
+        resolve_tracking({"uri": "sqlite:////tmp/x.db", "experiment": long})
+    assert long not in str(caught.value) and len(str(caught.value)) < 250
+    assert resolve_tracking({"uri": "sqlite:////tmp/x.db", "experiment": "e" * 500}).experiment == "e" * 500
+    with pytest.raises(ConfigError) as caught:
+        resolve_tracking(["x" * 700])
+    assert "x" * 100 not in str(caught.value)
+
+
+_CREATE = """
+import sys, time
+from detune import tracking
+from detune.tracking_config import TrackingConfig
+import mlflow.tracking  # imported before the barrier, so both processes open the store at the same instant
+from pathlib import Path
+barrier = Path(sys.argv[2])
+(barrier / sys.argv[3]).touch()
+deadline = time.time() + 300
+while len(list(barrier.iterdir())) < 2 and time.time() < deadline:
+    time.sleep(0.005)
+print(tracking.prepare_store(TrackingConfig(uri=sys.argv[1], experiment="race")))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_create_the_same_fresh_sqlite_store(tmp_path: Path) -> None:
+    """Two real processes open one fresh sqlite store at the same instant (MLflow alone crashes one with
+    "duplicate column name" or "Online migration expected to match one row"): both get the experiment."""
+    env = {**os.environ, "PYTHONPATH": str(Path(tracking.__file__).parents[1]), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    for attempt in range(2):
+        uri = f"sqlite:///{tmp_path / f'race{attempt}' / 'mlflow.db'}"
+        barrier = tmp_path / f"barrier{attempt}"
+        barrier.mkdir()
+        procs = [subprocess.Popen([sys.executable, "-c", _CREATE, uri, str(barrier), str(i)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        outs = [p.communicate(timeout=360) for p in procs]
+        errors = [err[-2000:] for p, (_, err) in zip(procs, outs, strict=True) if p.returncode != 0]
+        assert not errors, errors
+        ids = {out.strip().splitlines()[-1] for out, _ in outs}
+        assert len(ids) == 1, outs
