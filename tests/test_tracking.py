@@ -527,7 +527,8 @@ def test_train_tracking_is_auto_on_with_mlflow_tracking_uri(tmp_path: Path, shap
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    base = {"data": str(shapes_yaml), "epochs": 2, "project": str(tmp_path / "runs"), "warmup_epochs": 0.0}
+    base = {"data": str(shapes_yaml), "epochs": 2, "project": str(tmp_path / "runs"), "warmup_epochs": 0.0,
+            "nbs": 16}
     assert TrainConfig().tracking == "auto" and resolve_tracking("auto") is None
     off = run(load_config(None, **base, name="off"), fit=_fake.fit)
     assert off.status == "completed" and off.run_id is None and not (tmp_path / "mlflow.db").exists()
