@@ -371,7 +371,7 @@ def _clutter(rng: np.random.Generator, d: ImageDraw.ImageDraw, size: int, kind: 
 # ---- the benchmark targets ---------------------------------------------------------------------------
 
 # Sizes per mode: "quick" (smoke), "cpu" (2 cores), "gpu" (one GPU node).
-SOURCE = {"quick": SceneSpec("source", 16, 8, 8, 32), "cpu": SceneSpec("source", 3000, 200, 200, 64),
+SOURCE = {"quick": SceneSpec("source", 16, 8, 8, 32), "cpu": SceneSpec("source", 4000, 250, 250, 64),
           "gpu": SceneSpec("source", 20000, 1000, 1000, 256)}
 TARGET = {"quick": SceneSpec("target", 16, 8, 8, 32), "cpu": SceneSpec("target", 320, 96, 96, 64),
           "gpu": SceneSpec("target", 1000, 300, 300, 256)}

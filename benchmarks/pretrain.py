@@ -109,17 +109,17 @@ def build(r: dict[str, Any], folder: Path) -> dict[str, Any]:
 
     data = _targets.make_scenes(_targets.SceneSpec(**r["source"]))
     print(f"pretraining {r['model']} on {data.parent} ({r['train']['epochs']} epochs) into {folder}", flush=True)
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), _cpu_seconds()
     result = detune.train(model=r["model"], data=str(data), project=str(folder), name="run", exist_ok=True,
                           tracking=False, **r["train"])
-    seconds = time.monotonic() - start
+    seconds, cpu = time.monotonic() - start, _cpu_seconds() - cpu_start
     if result.status != "completed" or "best" not in result.weights:
         raise RuntimeError(f"pretraining {result.status}: {result.reason}; partial results in {result.save_dir}")
     tmp = folder / f"tmp-{CHECKPOINT}"  # Ultralytics loads only *.pt
     shutil.copyfile(result.weights["best"], tmp)
     rec = {"recipe": r, "key": recipe_key(r), "data": str(data), "checkpoint": str(folder / CHECKPOINT),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "machine": _common.machine_facts(), "seconds": round(seconds, 1),
+           "machine": _common.machine_facts(), "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
            "epoch_seconds": epoch_seconds(result.save_dir), "best_epoch": result.best_epoch,
            "val": {k: result.best.get(k) for k in ("metrics/mAP50-95", "metrics/mAP50")},
            "test": score(tmp, data, "test", r["train"], folder), "history": [
@@ -128,6 +128,14 @@ def build(r: dict[str, Any], folder: Path) -> dict[str, Any]:
     tmp.replace(folder / CHECKPOINT)
     (folder / RECORD).write_text(json.dumps(rec, indent=1, default=str))
     return rec
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads): on a shared machine a steadier cost than wall time."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def epoch_seconds(save_dir: Path | None) -> list[float]:
@@ -162,11 +170,12 @@ def check_settings(gpu: bool, quick: bool) -> dict[str, Any]:
             "device": "0" if gpu else "cpu", "tracking": False}
 
 
-def check(ckpt: Path, gpu: bool, quick: bool, workdir: Path) -> dict[str, Any]:
+def check(ckpt: Path, gpu: bool, quick: bool, workdir: Path, *, threads: int | None = None) -> dict[str, Any]:
+    """Fine-tune ``ckpt`` and a model built from scratch on the generated target; both curves."""
     import detune
 
     data = _targets.make_scenes(_targets.TARGET[_targets.mode(gpu, quick)])
-    s = check_settings(gpu, quick)
+    s = {**check_settings(gpu, quick), **({"threads": threads} if threads else {})}
     out: dict[str, Any] = {"settings": s, "data": str(data)}
     for side, model in (("pretrained", str(ckpt)), ("scratch", MODEL)):
         start = time.monotonic()
@@ -188,11 +197,13 @@ def markdown(rec: dict[str, Any], cached: bool, checked: dict[str, Any] | None) 
         "## Pretrained checkpoint (for the fine-tuning benchmarks)", "",
         f"yolo11n from `{r['model']}`, trained with `detune.train` on the generated source dataset "
         f"({len(_targets.class_names('source'))} shape classes; {src['n_train']}/{src['n_val']}/{src['n_test']} "
-        f"train/val/test images at {src['imgsz']} px): {t['epochs']} epochs, {t['optimizer']} lr0 {t['lr0']:g}, "
+        f"train/val/test images at {src['imgsz']} px): {t['epochs']} epoch(s), {t['optimizer']} lr0 {t['lr0']:g}, "
         f"batch {t['batch']} (nbs {t['nbs']}), imgsz {t['imgsz']}. Recipe hash `{rec['key']}`"
         f"{' (reused from the cache; built ' + rec['date'] + ')' if cached else ''}.", "",
         f"- Pretraining took **{rec['seconds'] / 60:.1f} min** ({per_epoch:.1f} s per epoch, median, validation "
-        f"included) on {rec['machine']['cpu']}, {rec['machine']['cores']} cores, GPUs: "
+        f"included{'; ' + str(rec['cpu_seconds'] / 60)[:4] + ' min of CPU' if 'cpu_seconds' in rec else ''}) on "
+        f"{rec['machine']['cpu']}, {rec['machine']['cores']} cores ({t.get('threads') or 'all'} torch threads; "
+        f"load average {rec['machine']['load_average'][0]} when it ended), GPUs: "
         f"{', '.join(rec['machine'].get('gpus') or []) or 'none'}.",
         f"- Its own mAP50-95 (best epoch, {rec['best_epoch']}): **{rec['val']['metrics/mAP50-95']:.3f}** on the "
         f"source val split, {rec['test']['metrics/mAP50-95']:.3f} on the source test split "
@@ -200,7 +211,7 @@ def markdown(rec: dict[str, Any], cached: bool, checked: dict[str, Any] | None) 
     ]
     if checked:
         s = checked["settings"]
-        lines.append(f"- Fine-tuning on the generated target ({s['epochs']} epochs, SGD lr0 {s['lr0']:g}, batch "
+        lines.append(f"- Fine-tuning on the generated target ({s['epochs']} epoch(s), SGD lr0 {s['lr0']:g}, batch "
                      f"{s['batch']}, imgsz {s['imgsz']}), mAP50-95 on its val split per epoch: from this checkpoint "
                      f"{checked['pretrained']['mAP50-95']}, from scratch {checked['scratch']['mAP50-95']} "
                      f"(validation loss, box + cls + dfl: {checked['pretrained']['val_loss']} against "
@@ -212,9 +223,19 @@ def main() -> int:
     p = _common.parser(__doc__)
     p.add_argument("--check", action="store_true", help="fine-tune from the checkpoint and from scratch on the target")
     p.add_argument("--rebuild", action="store_true", help="pretrain again even if the cache holds this recipe")
+    p.add_argument("--probe", nargs=3, type=int, metavar=("N_TRAIN", "N_VAL", "EPOCHS"),
+                   help="a short pretraining (its own cache entry; writes pretrain_probe.*, not pretrain.*)")
+    p.add_argument("--threads", type=int, help="torch CPU threads for every training here (default: all cores)")
     args = p.parse_args()
-    head = _common.start("pretrain")
+    head = _common.start("pretrain_probe" if args.probe else "pretrain")
     r = recipe(args.gpu, args.quick)
+    if args.probe:
+        n_train, n_val, epochs = args.probe
+        r["source"].update(n_train=n_train, n_val=n_val, n_test=n_val)
+        r["train"]["epochs"] = epochs
+        r["mode"] = f"{r['mode']}-probe{n_train}x{epochs}"
+    if args.threads:
+        r["train"]["threads"] = args.threads
     cached = not args.rebuild and (cache_dir(r) / RECORD).is_file()
     ckpt = checkpoint_for(r, rebuild=args.rebuild)
     rec = json.loads((ckpt.parent / RECORD).read_text())
@@ -223,7 +244,7 @@ def main() -> int:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="detune-pretrain-check-") as tmp:
-            checked = check(ckpt, args.gpu, args.quick, Path(tmp))
+            checked = check(ckpt, args.gpu, args.quick, Path(tmp), threads=args.threads)
     _common.save(args.out, head, {"cached": cached, **rec, "check": checked}, markdown(rec, cached, checked))
     return 0
 
