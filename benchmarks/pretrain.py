@@ -193,6 +193,7 @@ def markdown(rec: dict[str, Any], cached: bool, checked: dict[str, Any] | None) 
     r, src = rec["recipe"], rec["recipe"]["source"]
     t = r["train"]
     per_epoch = sorted(rec["epoch_seconds"])[len(rec["epoch_seconds"]) // 2] if rec["epoch_seconds"] else float("nan")
+    cpu = f"; {rec['cpu_seconds'] / 60:.1f} min of CPU" if "cpu_seconds" in rec else ""
     lines = [
         "## Pretrained checkpoint (for the fine-tuning benchmarks)", "",
         f"yolo11n from `{r['model']}`, trained with `detune.train` on the generated source dataset "
@@ -201,7 +202,7 @@ def markdown(rec: dict[str, Any], cached: bool, checked: dict[str, Any] | None) 
         f"batch {t['batch']} (nbs {t['nbs']}), imgsz {t['imgsz']}. Recipe hash `{rec['key']}`"
         f"{' (reused from the cache; built ' + rec['date'] + ')' if cached else ''}.", "",
         f"- Pretraining took **{rec['seconds'] / 60:.1f} min** ({per_epoch:.1f} s per epoch, median, validation "
-        f"included{'; ' + str(rec['cpu_seconds'] / 60)[:4] + ' min of CPU' if 'cpu_seconds' in rec else ''}) on "
+        f"included{cpu}) on "
         f"{rec['machine']['cpu']}, {rec['machine']['cores']} cores ({t.get('threads') or 'all'} torch threads; "
         f"load average {rec['machine']['load_average'][0]} when it ended), GPUs: "
         f"{', '.join(rec['machine'].get('gpus') or []) or 'none'}.",
