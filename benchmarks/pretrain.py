@@ -11,7 +11,7 @@ checkpoint's own mAP50-95 on the source val and test splits. Benchmarks that fin
 same few epochs (the settings of ``check_settings``) and records both curves: the point of pretraining is
 that early epochs carry signal, and this shows whether they do.
 
-    .venv/bin/python benchmarks/pretrain.py              # CPU recipe (~40 min on 2 cores the first time)
+    .venv/bin/python benchmarks/pretrain.py              # CPU recipe (~20 min on 2 idle cores, once)
     .venv/bin/python benchmarks/pretrain.py --check      # plus fine-tuning from it vs from scratch
     .venv/bin/python benchmarks/pretrain.py --quick      # smoke: a few images, 1 epoch, imgsz 32
     .venv/bin/python benchmarks/pretrain.py --gpu        # GPU node recipe
@@ -107,7 +107,9 @@ def build(r: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Pretrain, score the best epoch on the source test split, write the checkpoint and its record."""
     import detune
 
+    made = time.monotonic()
     data = _targets.make_scenes(_targets.SceneSpec(**r["source"]))
+    made = time.monotonic() - made
     print(f"pretraining {r['model']} on {data.parent} ({r['train']['epochs']} epochs) into {folder}", flush=True)
     start, cpu_start = time.monotonic(), _cpu_seconds()
     result = detune.train(model=r["model"], data=str(data), project=str(folder), name="run", exist_ok=True,
@@ -120,13 +122,15 @@ def build(r: dict[str, Any], folder: Path) -> dict[str, Any]:
     rec = {"recipe": r, "key": recipe_key(r), "data": str(data), "checkpoint": str(folder / CHECKPOINT),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "machine": _common.machine_facts(), "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
+           "data_seconds": round(made, 1),
            "epoch_seconds": epoch_seconds(result.save_dir), "best_epoch": result.best_epoch,
            "val": {k: result.best.get(k) for k in ("metrics/mAP50-95", "metrics/mAP50")},
            "test": score(tmp, data, "test", r["train"], folder), "history": [
                {k: h.get(k) for k in ("epoch", "metrics/mAP50-95", "metrics/mAP50", "val/box_loss", "val/cls_loss")}
                for h in result.history]}
     tmp.replace(folder / CHECKPOINT)
-    (folder / RECORD).write_text(json.dumps(rec, indent=1, default=str))
+    (folder / f"tmp-{RECORD}").write_text(json.dumps(rec, indent=1, default=str))
+    (folder / f"tmp-{RECORD}").replace(folder / RECORD)  # the record last: both files present = finished
     return rec
 
 
@@ -226,7 +230,8 @@ def main() -> int:
     p.add_argument("--rebuild", action="store_true", help="pretrain again even if the cache holds this recipe")
     p.add_argument("--probe", nargs=3, type=int, metavar=("N_TRAIN", "N_VAL", "EPOCHS"),
                    help="a short pretraining (its own cache entry; writes pretrain_probe.*, not pretrain.*)")
-    p.add_argument("--threads", type=int, help="torch CPU threads for every training here (default: all cores)")
+    p.add_argument("--threads", type=int, help="torch CPU threads for every training here (default: all cores); part of the recipe, so "
+                   "pretrained_checkpoint() reuses only a checkpoint built without it")
     args = p.parse_args()
     head = _common.start("pretrain_probe" if args.probe else "pretrain")
     r = recipe(args.gpu, args.quick)
