@@ -230,8 +230,8 @@ def main() -> int:
     p.add_argument("--rebuild", action="store_true", help="pretrain again even if the cache holds this recipe")
     p.add_argument("--probe", nargs=3, type=int, metavar=("N_TRAIN", "N_VAL", "EPOCHS"),
                    help="a short pretraining (its own cache entry; writes pretrain_probe.*, not pretrain.*)")
-    p.add_argument("--threads", type=int, help="torch CPU threads for every training here (default: all cores); part of the recipe, so "
-                   "pretrained_checkpoint() reuses only a checkpoint built without it")
+    p.add_argument("--threads", type=int, help="torch CPU threads for every training here (default: all cores); "
+                   "part of the recipe, so pretrained_checkpoint() reuses only a checkpoint built without it")
     args = p.parse_args()
     head = _common.start("pretrain_probe" if args.probe else "pretrain")
     r = recipe(args.gpu, args.quick)
