@@ -96,3 +96,4 @@ def test_real_absurd_lr_still_stops_at_once(partly_background: Path, tmp_path: P
     result = _train(partly_background, tmp_path, lr0=1e3, epochs=5, scheduler="constant")
     assert result.status == "diverged" and "epoch 1, step" in result.reason, result.reason
     assert len(result.steps) <= 5  # within a few optimizer steps, not 120
+
