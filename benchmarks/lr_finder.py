@@ -78,7 +78,7 @@ def best_of(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
 def bench(name: str, optimizer: str, data: Path, settings: dict[str, Any], workdir: Path,
           plots: Path) -> dict[str, Any]:
     """The finder, the grid and a training at the suggestion, for one dataset and optimizer."""
-    from detune.lr_finder import lr_find
+    from detune.lr_finder import DEFAULT_METHOD, lr_find
 
     recipe = {"epochs": settings["epochs"][name], "batch": settings["batch"], "imgsz": settings["imgsz"],
               "fraction": settings["fraction"][name], "optimizer": optimizer, "device": settings["device"]}
@@ -99,7 +99,7 @@ def bench(name: str, optimizer: str, data: Path, settings: dict[str, Any], workd
         runs.append(train_once(data, lr0, recipe, workdir / name / optimizer, f"grid_{lr0:g}"))
         print(format_run(runs[-1]), flush=True)
     best, criterion = best_of(runs)
-    suggestion = found["steepest"]
+    suggestion = found[DEFAULT_METHOD]
     at_suggestion = None
     if suggestion is not None:
         at_suggestion = train_once(data, float(f"{suggestion:.3g}"), recipe, workdir / name / optimizer, "suggested")
@@ -110,7 +110,8 @@ def bench(name: str, optimizer: str, data: Path, settings: dict[str, Any], workd
           f"ratio {ratio:.2f} -> {'within' if within else 'NOT within'} a factor of {GOAL:g}", flush=True)
     return {"dataset": name, "optimizer": optimizer, "recipe": recipe, "plot": plot.name,
             "finder": {"seconds": finder_seconds, "steps": len(finder.lrs), "num_iters": finder.num_iters,
-                       "stop_reason": finder.stop_reason, "suggestions": found},
+                       "stop_reason": finder.stop_reason, "suggestions": found, "method": DEFAULT_METHOD,
+                       "lrs": finder.lrs, "losses": [v if math.isfinite(v) else None for v in finder.losses]},
             "grid": runs, "best": best, "criterion": criterion, "at_suggestion": at_suggestion,
             "ratio": ratio, "within_goal": within, "seconds": round(time.monotonic() - start, 1)}
 
@@ -130,7 +131,8 @@ def markdown(results: list[dict[str, Any]], settings: dict[str, Any], skipped: l
              f"{settings['imgsz']}, 1 warmup epoch, linear decay, mosaic off, seed 0; epochs per training: "
              + ", ".join(f"{k} {v}" for k, v in settings["epochs"].items()) + ". Finder: "
              f"`lr_find(num_iters={settings['finder_iters']}, min_lr=grid_low/10, max_lr={settings['max_lr']:g})`, "
-             "suggestion `steepest`. Grid: 5 log-spaced lr0 over 3 decades (SGD 1e-3..1, AdamW 1e-4..0.1), plus "
+             "suggestion `valley` (`steepest` before 2026-12-03). Grid: 5 log-spaced lr0 over 3 decades (SGD "
+             "1e-3..1, AdamW 1e-4..0.1), plus "
              f"one training at the suggestion. Best grid lr0: highest best-epoch mAP50-95, or the lowest val loss "
              f"when no run reaches mAP50-95 {MAP_FLOOR}. Goal: suggestion / best within a factor of {GOAL:g}.", "",
              "| dataset | optimizer | suggestion (steepest / valley) | best grid lr0 (by) | ratio | goal | "

@@ -20,8 +20,8 @@ from typing import Any
 import _common
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("overhead", "ray_overhead", "search", "lr_finder")  # timing-sensitive ones first, on a quiet machine
-SECTIONS = ("overhead", "search", "ray_overhead", "lr_finder")  # the numbering, 1 to 4
+ORDER = ("overhead", "ray_overhead", "search", "lr_finder", "lr_finder_methods")  # timing-sensitive ones first
+SECTIONS = ("overhead", "search", "ray_overhead", "lr_finder", "lr_finder_methods")  # 1 to 4, then 4b
 
 
 def summary(out: Path) -> list[str]:

@@ -22,7 +22,13 @@ Mode = Literal["exponential", "linear"]
 Method = Literal["steepest", "valley", "min_div_10"]
 MODES: tuple[str, ...] = ("exponential", "linear")
 METHODS: tuple[str, ...] = ("steepest", "valley", "min_div_10")
-MIN_POINTS = 5  # finite points a suggestion needs (before the ends are trimmed)
+MIN_POINTS = 20  # finite points a suggestion needs (before the ends are trimmed): ~3 a decade over 1e-6..1
+DEFAULT_ITERS = 100  # optimizer steps of a default sweep (fastai's and Lightning's default too)
+DEFAULT_METHOD = "valley"  # chosen by measurement: benchmarks/README.md, "Suggestion method"
+# The no-signal rule (``signal_reason``): the smoothed loss must fall below the mean of the early batch losses
+# by more than NOISE_K x the noise of a smoothed value and by more than MIN_DROP of that mean.
+NOISE_K = 15.0
+MIN_DROP = 0.02
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +38,8 @@ class FinderSettings:
     Args:
         min_lr: lr of the first optimizer step, > 0.
         max_lr: lr of the last planned step (``num_iters - 1``), > ``min_lr``; may exceed 1.
-        num_iters: optimizer steps to sweep over, >= 2; None = the batches of one epoch.
+        num_iters: optimizer steps to sweep over, >= 2 (default 100, the training batches cycled as often as
+            needed); None = the batches of one epoch (often too few points on a small dataset).
         mode: ``exponential`` (even steps in log(lr), the usual choice) or ``linear``.
         smoothing: weight of the newest loss in the bias-corrected EMA, in (0, 1]: EMA beta = 1 - smoothing
             (0.05 -> beta 0.95, as pytorch-lr-finder's ``smooth_f``; 1 = no smoothing).
@@ -44,7 +51,7 @@ class FinderSettings:
 
     min_lr: float = 1e-6
     max_lr: float = 1.0
-    num_iters: int | None = None
+    num_iters: int | None = DEFAULT_ITERS
     mode: str = "exponential"
     smoothing: float = 0.05
     stop_factor: float | None = 4.0
@@ -136,25 +143,39 @@ def smooth_losses(losses: Sequence[float], smoothing: float = 0.05) -> list[floa
 
 
 class StopRule:
-    """The divergence stop: a non-finite loss at once; after ``warmup`` points, the smoothed loss above
-    ``stop_factor`` x its minimum since then. The warmup (``stop_warmup``: the points the suggestions skip
-    too) keeps one unusually easy first batch, common with YOLO's per-batch loss, from ending the sweep."""
+    """The divergence stop, shared by the LR finder and the training guard (one rule).
 
-    def __init__(self, stop_factor: float | None, warmup: int = 0) -> None:
-        self.stop_factor, self.warmup = stop_factor, warmup
-        self.best = math.inf
+    A non-finite loss stops at once. After ``warmup`` points, the smoothed loss above ``stop_factor`` x its
+    minimum since the warmup ended stops. During the warmup the minimum is not trusted yet: YOLO's first
+    batch losses can be far below the later ones in a healthy run (batches with no object assigned, or
+    background-only images, give a loss ~50-100x smaller), so the warmup either does not check the factor
+    (``early_factor`` None, the finder: its first points run at a tiny lr) or checks a wider bar,
+    ``early_factor`` x the minimum so far (the training guard: ``stop_factor ** 2``), which still stops an
+    explosion (1e4x and more within a few steps) at once."""
 
-    def check(self, iteration: int, loss: float, smoothed: float) -> str | None:
-        """Why the sweep must stop after this point, or None."""
+    def __init__(self, stop_factor: float | None, warmup: int = 0, early_factor: float | None = None) -> None:
+        self.stop_factor, self.warmup, self.early_factor = stop_factor, warmup, early_factor
+        self.best = math.inf  # minimum of the smoothed loss since the warmup
+        self.early_best = math.inf  # minimum of the smoothed loss since the start
+
+    def check(self, iteration: int, loss: float, smoothed: float, where: str | None = None) -> str | None:
+        """Why the run must stop after this point (``where`` names it, default "iteration N"), or None."""
+        where = where or f"iteration {iteration}"
         if not math.isfinite(loss):
-            return f"loss is {loss} at iteration {iteration}"
+            return f"loss is {loss} at {where}"
+        reason = None
         if iteration < self.warmup:
-            return None
-        if self.stop_factor is not None and smoothed > self.stop_factor * self.best:
-            return (f"smoothed loss {smoothed:.4g} exceeded {self.stop_factor:g} x its minimum "
-                    f"{self.best:.4g} at iteration {iteration}")
-        self.best = min(self.best, smoothed)
-        return None
+            if self.early_factor is not None and smoothed > self.early_factor * self.early_best:
+                reason = (f"smoothed loss {smoothed:.4g} exceeded {self.early_factor:g} x its minimum "
+                          f"{self.early_best:.4g} at {where} (the first {self.warmup} points have the wider bar)")
+        elif self.stop_factor is not None and smoothed > self.stop_factor * self.best:
+            reason = (f"smoothed loss {smoothed:.4g} exceeded {self.stop_factor:g} x its minimum "
+                      f"{self.best:.4g} at {where}")
+        if reason is None:
+            self.early_best = min(self.early_best, smoothed)
+            if iteration >= self.warmup:
+                self.best = min(self.best, smoothed)
+        return reason
 
 
 def stop_warmup(num_iters: int) -> int:
@@ -193,18 +214,21 @@ def trim(n: int) -> tuple[int, int]:
     return min(10, n // 10), min(5, max(1, n // 20))
 
 
-def suggest(lrs: Sequence[float], smoothed: Sequence[float], method: str = "steepest") -> Suggestion:
+def suggest(lrs: Sequence[float], smoothed: Sequence[float], method: str = DEFAULT_METHOD, *,
+            losses: Sequence[float] | None = None, smoothing: float = 0.05) -> Suggestion:
     """Suggest an lr from a finished sweep; ``smoothed`` is the smoothed loss at each lr.
 
     Methods:
+        valley (the default, chosen by measurement): fastai's ``valley``: the longest strictly decreasing run
+            of the smoothed loss, taken halfway along (start + len/3 + len/6, as fastai).
         steepest: the most negative slope of the smoothed loss against log(lr), searched between the
             trimmed start and the loss minimum (the descending part only).
-        valley: fastai's ``valley``: the longest strictly decreasing run of the smoothed loss, taken
-            halfway along (start + len/3 + len/6, as fastai).
         min_div_10: the lr at the smoothed minimum, divided by 10 (fastai's ``minimum``).
 
-    Points with a non-finite lr or loss are dropped first; fewer than ``MIN_POINTS`` left, or a curve
-    that never fell below its first kept point, gives ``Suggestion(None, reason=...)``.
+    Points with a non-finite lr or loss are dropped first. No suggestion (``Suggestion(None, reason=...)``)
+    when fewer than ``MIN_POINTS`` are left, or when the curve carries no signal (``signal_reason``: the
+    raw batch ``losses`` and the EMA ``smoothing`` measure its noise; without ``losses`` only the relative
+    part of the rule applies).
 
     Raises:
         ConfigError: for an unknown method.
@@ -217,8 +241,8 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float], method: str = "stee
     if len(keep) < MIN_POINTS:
         return Suggestion(None, reason=(
             f"only {len(keep)} usable points ({len(lrs)} recorded, non-finite ones dropped); {method} needs "
-            f"at least {MIN_POINTS}: raise num_iters (or lower batch so an epoch has more batches), or raise "
-            "stop_factor / lower max_lr if the sweep stopped early"))
+            f"at least {MIN_POINTS}: raise num_iters (e.g. num_iters={DEFAULT_ITERS}), or raise stop_factor / "
+            "lower max_lr if the sweep stopped early"))
     begin, end = trim(len(keep))
     window = keep[begin:len(keep) - end]
     x = [math.log(lrs[i]) for i in window]
@@ -228,6 +252,10 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float], method: str = "stee
         return Suggestion(None, reason=(
             f"the smoothed loss never fell below its value at lr {lrs[window[0]]:.3g}: the range starts too "
             "high (lower min_lr) or the loss is dominated by noise (raise num_iters or batch)"))
+    raw = [float(losses[i]) for i in keep] if losses is not None else None
+    why = signal_reason([float(smoothed[i]) for i in keep], raw, smoothing, low=y[low], at=lrs[window[low]])
+    if why is not None:
+        return Suggestion(None, reason=why)
     if method == "steepest":
         slopes = _slopes(x[:low + 1], y[:low + 1])
         k = min(range(len(slopes)), key=slopes.__getitem__)
@@ -238,6 +266,48 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float], method: str = "stee
         k = _valley(y)
         return Suggestion(float(lrs[window[k]]), window[k])
     return Suggestion(float(lrs[window[low]]) / 10.0, window[low])
+
+
+def early_points(n: int) -> int:
+    """The first points of a curve of ``n`` that measure its start level and noise: max(10, n // 5)."""
+    return min(n, max(10, n // 5))
+
+
+def signal_reason(smoothed: Sequence[float], losses: Sequence[float] | None, smoothing: float, *,
+                  low: float, at: float) -> str | None:
+    """Why a curve carries no signal, or None when its descent is real.
+
+    The rule (all over finite points): ``start`` is the mean of the first ``early_points(n)`` batch losses
+    (the flat start of the sweep), ``noise`` their standard deviation estimated from successive differences
+    (insensitive to a slow trend), and the noise of one smoothed value ``noise * sqrt(a / (2 - a))`` for the
+    EMA weight ``a = smoothing``. The smoothed minimum ``low`` (read past the trimmed start, before the
+    trimmed end) must lie below ``start`` by more than ``NOISE_K`` x that noise and by more than ``MIN_DROP``
+    x ``start``. With NOISE_K = 15, 2000 pure-noise curves per size (20-500 points, smoothing 0.05) gave no
+    suggestion with Gaussian batch losses and 0-0.3% with Student-t (3 dof) ones.
+
+    >>> signal_reason([1.0] * 30, [1.0] * 30, 0.05, low=0.99, at=0.1) is not None
+    True
+    >>> signal_reason([1.0] * 30, [1.0] * 30, 0.05, low=0.5, at=0.1) is None
+    True
+    """
+    source = list(losses) if losses is not None else list(smoothed)
+    source = [v for v in source if math.isfinite(v)]
+    early = source[:early_points(len(source))]
+    if not early:
+        return "no finite loss"
+    start = sum(early) / len(early)
+    diffs = [(b - a) ** 2 for a, b in zip(early, early[1:], strict=False)]
+    noise = math.sqrt(sum(diffs) / (2 * len(diffs))) if diffs and losses is not None else 0.0
+    smoothed_noise = noise * math.sqrt(smoothing / (2.0 - smoothing))
+    need = max(NOISE_K * smoothed_noise, MIN_DROP * abs(start))
+    drop = start - low
+    if drop > need:
+        return None
+    return (f"no signal: the smoothed loss fell only {drop:.3g} below the mean {start:.4g} of the first "
+            f"{len(early)} batch losses (lowest {low:.4g} at lr {at:.3g}), less than the {need:.3g} needed "
+            f"(max of {NOISE_K:g} x the noise {smoothed_noise:.3g} of a smoothed value, {MIN_DROP:.0%} of the "
+            "start): the curve is noise; raise batch or num_iters, or widen the range (lower min_lr, raise "
+            "max_lr)")
 
 
 def _slopes(x: Sequence[float], y: Sequence[float]) -> list[float]:

@@ -366,14 +366,17 @@ def tune(config: Annotated[str, typer.Argument(help="Study YAML, e.g. configs/qu
 def lr_find(config: ConfigArg = None, overrides: Overrides = None,
             out: Annotated[Path | None, typer.Option("--out", "-o", help="Plot PNG (default: "
                                                      "<project>/lr_find.png).")] = None,
-            method: Annotated[str, typer.Option(help="steepest, valley or min_div_10.")] = "steepest",
+            method: Annotated[str, typer.Option(help="valley (default), steepest or min_div_10.")] = "valley",
             as_json: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
             debug: DebugOpt = False) -> None:
     """LR range test: suggest lr0 from a short throw-away training with a rising lr, and plot loss vs lr.
 
     Overrides set the training (model, data, optimizer, batch, imgsz, ...) and the sweep:
 
-    min_lr, max_lr, num_iters, mode, smoothing, stop_factor, augment.
+    min_lr, max_lr, num_iters (default 100, batches cycled as needed), mode, smoothing, stop_factor, augment.
+
+    A curve with no signal (its smoothed loss never falls clearly below the noise of its start) or too few
+    points gives no suggestion: the reason is printed and the exit code is 1.
 
     [bold]Examples[/bold]
 

@@ -1,15 +1,19 @@
 """LR range test (LR finder) on YOLO's real training loss: a short throw-away training through the adapter.
 
-The lr rises from ``min_lr`` to ``max_lr`` over the optimizer steps of one epoch (or ``num_iters``), every
-param group at ``lr x its group factor``; the batch loss (box + cls + dfl per image) is smoothed with a
-bias-corrected EMA and the run stops once the smoothed loss exceeds ``stop_factor`` x its minimum or is not
-finite. The model, optimizer and run folder are thrown away afterwards (a temp dir), so nothing leaks into
-later training. The maths lives in ``detune._lr_suggest`` (pure functions over lists).
+The lr rises from ``min_lr`` to ``max_lr`` over ``num_iters`` optimizer steps (100 by default, the training
+batches cycled as often as needed; None = one epoch), every param group at ``lr x its group factor``; the
+batch loss (box + cls + dfl per image) is smoothed with a bias-corrected EMA and the run stops once the
+smoothed loss exceeds ``stop_factor`` x its minimum or is not finite. The model, optimizer and run folder are
+thrown away afterwards (a temp dir), so nothing leaks into later training. A curve whose smoothed loss does
+not fall clearly below its start (beyond the noise of the batch losses, see
+``detune._lr_suggest.signal_reason``), or with fewer than ``MIN_POINTS`` points, gives no suggestion;
+``lr0="auto"`` then trains at ``fallback_lr0`` with a ``DetuneWarning``. The maths lives in
+``detune._lr_suggest`` (pure functions over lists).
 
 Example:
     >>> import detune
-    >>> result = detune.lr_find(data="shapes", imgsz=128, batch=8, num_iters=60)  # doctest: +SKIP
-    >>> result.suggestion("steepest"), result.suggestion("valley")  # doctest: +SKIP
+    >>> result = detune.lr_find(data="shapes", imgsz=128, batch=8)  # doctest: +SKIP
+    >>> result.suggestion(), result.reason  # doctest: +SKIP
     >>> result.plot("lr_finder.png")  # doctest: +SKIP
 """
 
@@ -20,11 +24,13 @@ import json
 import logging
 import math
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detune._lr_suggest import (
+    DEFAULT_METHOD,
     METHODS,
     MODES,
     FinderSettings,
@@ -37,15 +43,15 @@ from detune._lr_suggest import (
     suggest,
     trim,
 )
-from detune.config import TrainConfig, load_config
+from detune.config import DetuneWarning, TrainConfig, load_config
 from detune.errors import AdapterError, ConfigError, TuneError
 
 if TYPE_CHECKING:
     from detune.study import StudyConfig
     from detune.tracking import TrackingConfig
 
-__all__ = ["METHODS", "MODES", "FinderSettings", "LRFinderResult", "Suggestion", "finder_info", "lr_find",
-           "range_test", "resolve_auto_lr0", "suggest_for_study"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "MODES", "FinderSettings", "LRFinderResult", "Suggestion",
+           "fallback_lr0", "finder_info", "lr_find", "range_test", "resolve_auto_lr0", "suggest_for_study"]
 
 log = logging.getLogger("detune")
 
@@ -54,6 +60,9 @@ PLOT_NAME = "lr_finder.png"
 _RECORDED = ("model", "data", "optimizer", "batch", "imgsz", "device", "seed", "momentum", "weight_decay",
              "lr_mult")
 _MIXING_AUGMENTATIONS = ("mosaic", "mixup", "cutmix", "copy_paste")
+# Ultralytics' documented lr0 defaults (default.yaml: "SGD=1E-2, Adam=1E-3"): the lr0 of an "auto" that the
+# finder could not resolve. RMSProp is adaptive like Adam and gets the Adam value.
+_ADAPTIVE = ("Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp")
 
 
 @dataclasses.dataclass
@@ -81,13 +90,14 @@ class LRFinderResult:
     def stopped_early(self) -> bool:
         return len(self.lrs) < self.num_iters
 
-    def suggest(self, method: str = "steepest") -> Suggestion:
-        """The suggestion with the curve index it was read at (see ``detune._lr_suggest.suggest``)."""
-        return suggest(self.lrs, self.smoothed, method)
+    def suggest(self, method: str = DEFAULT_METHOD) -> Suggestion:
+        """The suggestion with the curve index it was read at (see ``detune._lr_suggest.suggest``; the batch
+        losses measure the noise of the curve)."""
+        return suggest(self.lrs, self.smoothed, method, losses=self.losses, smoothing=self.settings.smoothing)
 
-    def suggestion(self, method: str = "steepest") -> float | None:
-        """Suggested lr by ``method`` (steepest, valley, min_div_10), or None with the reason logged to the
-        ``detune`` logger and kept in ``self.reason``.
+    def suggestion(self, method: str = DEFAULT_METHOD) -> float | None:
+        """Suggested lr by ``method`` (valley, steepest, min_div_10), or None with the reason logged to the
+        ``detune`` logger and kept in ``self.reason`` (too few points, or a curve with no signal).
 
         Raises:
             ConfigError: for an unknown method.
@@ -102,7 +112,7 @@ class LRFinderResult:
         """Every method's suggestion (None where there is none), without logging."""
         return {m: self.suggest(m).lr for m in METHODS}
 
-    def plot(self, path: str | Path, method: str = "steepest") -> Path:
+    def plot(self, path: str | Path, method: str = DEFAULT_METHOD) -> Path:
         """Render the loss against lr (log x axis) with the suggestion marked to a PNG file; return its path.
 
         matplotlib is imported here only (``pip install matplotlib`` if it is missing); no pyplot state.
@@ -173,7 +183,7 @@ class _RangeTest:
         self.stop_reason: str | None = None
 
     def on_start(self, info: Mapping[str, Any]) -> None:
-        if self.num_iters is None:  # one epoch: the adapter knows the real number of batches
+        if self.num_iters is None:  # num_iters=None: one epoch: the adapter knows the real number of batches
             self.num_iters = max(1, int(info.get("batches_per_epoch") or 1))
             self.rule.warmup = stop_warmup(self.num_iters)
 
@@ -277,7 +287,7 @@ def range_test(cfg: TrainConfig, settings: FinderSettings | None = None, *, trac
 
 
 def lr_find(model: str = "yolo11n.yaml", data: str = "shapes", *, min_lr: float = 1e-6, max_lr: float = 1.0,
-            num_iters: int | None = None, mode: Mode = "exponential", smoothing: float = 0.05,
+            num_iters: int | None = 100, mode: Mode = "exponential", smoothing: float = 0.05,
             stop_factor: float | None = 4.0, optimizer: str = "SGD", batch: int = 16, imgsz: int = 640,
             augment: bool = False, seed: int = 0, device: str = "auto", tracking: Any = False,
             **train_overrides: Any) -> LRFinderResult:
@@ -288,8 +298,8 @@ def lr_find(model: str = "yolo11n.yaml", data: str = "shapes", *, min_lr: float 
         data: an Ultralytics data YAML, or "shapes" for the generated dataset.
         min_lr: lr of the first optimizer step, > 0.
         max_lr: lr of the last planned step, > min_lr (may exceed 1).
-        num_iters: optimizer steps (one per batch), >= 2; None = one epoch. Past one epoch each finished
-            epoch is validated by Ultralytics (extra time, no effect on the curve).
+        num_iters: optimizer steps (one per batch), >= 2; the training batches are cycled (more epochs) as
+            often as needed. None = one epoch, which on a small dataset is too few points for a suggestion.
         mode: "exponential" (even in log lr) or "linear".
         smoothing: newest-loss weight of the bias-corrected EMA, (0, 1]; EMA beta = 1 - smoothing.
         stop_factor: stop once the smoothed loss exceeds this x its minimum, > 1; None: sweep to max_lr.
@@ -302,8 +312,8 @@ def lr_find(model: str = "yolo11n.yaml", data: str = "shapes", *, min_lr: float 
             lr_mult, fraction, hsv_h, ...); lr0, epochs, schedule and warmup settings are ignored.
 
     Returns:
-        An ``LRFinderResult``; ``result.suggestion()`` is the steepest-slope lr (None, with ``result.reason``,
-        when the curve is too short).
+        An ``LRFinderResult``; ``result.suggestion()`` is the ``valley`` lr (None, with ``result.reason``,
+        when the curve is too short or carries no signal).
 
     Raises:
         ConfigError: for any invalid setting (before any compute). AdapterError: the training failed.
@@ -317,42 +327,54 @@ def lr_find(model: str = "yolo11n.yaml", data: str = "shapes", *, min_lr: float 
 
 
 # ---- uses: lr0="auto" and studies --------------------------------------------------------------------
-def resolve_auto_lr0(cfg: TrainConfig, *, tracking: TrackingConfig | None = None, method: str = "steepest",
+def fallback_lr0(cfg: TrainConfig) -> float:
+    """The lr0 of an ``lr0="auto"`` the finder could not resolve: Ultralytics' documented default, 0.01 for
+    SGD-family optimizers (SGD, MuSGD) and 0.001 for adaptive ones (Adam, Adamax, AdamW, NAdam, RAdam,
+    RMSProp); ``lr_scaling`` applies to it as to any configured lr0."""
+    return 0.001 if cfg.optimizer in _ADAPTIVE else 0.01
+
+
+def resolve_auto_lr0(cfg: TrainConfig, *, tracking: TrackingConfig | None = None, method: str = DEFAULT_METHOD,
                      settings: FinderSettings | None = None,
                      fit: Callable[..., Any] | None = None) -> tuple[TrainConfig, LRFinderResult]:
     """Run the finder for ``cfg`` (lr0 "auto") and return ``cfg`` with the suggestion as its effective lr0
     (``lr_scaling`` is not applied on top of a measured lr), plus the finder's result. ``tracking``: None is
     off; a ``TrackingConfig`` makes the finder its own run (nested under ``parent_run_id`` when set).
 
-    Raises:
-        ConfigError: when the finder gives no suggestion (the message holds the reason and the fixes).
+    When the finder gives no suggestion (too few points, or a curve with no signal) the training must not
+    pay for it: ``cfg`` comes back with ``fallback_lr0(cfg)`` and a ``DetuneWarning`` says why
+    (``finder_info`` records it as ``fallback``).
     """
     result = range_test(cfg, settings, tracking=tracking if tracking is not None else False, fit=fit)
     lr = result.suggestion(method)
     if lr is None:
-        raise ConfigError(f"lr0 ('auto') could not be resolved: the LR finder gave no {method} suggestion "
-                          f"({result.reason}); set lr0 to a number, or change the data or batch so one epoch "
-                          "has more batches")
+        fallback = fallback_lr0(cfg)
+        warnings.warn(f"lr0 ('auto'): the LR finder gave no {method} suggestion ({result.reason}); training at "
+                      f"lr0 {fallback:g} instead, Ultralytics' default for {cfg.optimizer} (set lr0 to a "
+                      "number to choose it yourself)", DetuneWarning, stacklevel=2)
+        return cfg.replace(lr0=fallback), result
     scale = cfg.replace(lr0=lr).effective_lr0 / lr
     return cfg.replace(lr0=lr / scale), result
 
 
-def finder_info(result: LRFinderResult, save_dir: Path | None, method: str = "steepest") -> dict[str, Any]:
-    """What ``TrainResult.info["lr_finder"]`` records; the plot goes to ``save_dir/lr_finder.png``."""
+def finder_info(result: LRFinderResult, save_dir: Path | None, method: str = DEFAULT_METHOD) -> dict[str, Any]:
+    """What ``TrainResult.info["lr_finder"]`` records; the plot goes to ``save_dir/lr_finder.png``.
+    ``suggestion`` is None and ``reason`` says why when the training fell back to ``fallback_lr0``."""
     plot = None
     if save_dir is not None and save_dir.is_dir():
         try:
             plot = str(result.plot(save_dir / PLOT_NAME, method=method))
         except Exception as e:  # noqa: BLE001 - a plotting error never loses the run
             log.warning("LR finder plot failed: %s: %s", type(e).__name__, e)
-    return {"suggestion": result.suggest(method).lr, "method": method, "plot": plot, "run_id": result.run_id,
-            "points": len(result.lrs), "num_iters": result.num_iters, "stop_reason": result.stop_reason,
-            "settings": result.settings.to_dict()}
+    found = result.suggest(method)
+    return {"suggestion": found.lr, "method": method, "reason": found.reason, "fallback": found.lr is None,
+            "plot": plot, "run_id": result.run_id, "points": len(result.lrs), "num_iters": result.num_iters,
+            "stop_reason": result.stop_reason, "settings": result.settings.to_dict()}
 
 
 def suggest_for_study(study: StudyConfig, *, tracking: TrackingConfig | None = None,
                       settings: FinderSettings | None = None) -> float:
-    """The steepest-slope suggestion for the study's base train config (centre of an ``lr_finder`` range).
+    """The default-method suggestion for the study's base train config (centre of an ``lr_finder`` range).
 
     Args:
         tracking: None records nothing; a ``TrackingConfig`` with ``parent_run_id`` nests the finder's run
@@ -362,7 +384,7 @@ def suggest_for_study(study: StudyConfig, *, tracking: TrackingConfig | None = N
         TuneError: when the finder gives no suggestion (with the reason).
     """
     result = range_test(study.train, settings, tracking=tracking if tracking is not None else False)
-    lr = result.suggestion("steepest")
+    lr = result.suggestion(DEFAULT_METHOD)
     if lr is None:
         raise TuneError("search_space.lr0 uses lr_finder but the LR finder gave no suggestion: "
                         f"{result.reason}")
@@ -391,8 +413,8 @@ def _finish_run(logger: Any, result: LRFinderResult, folder: Path, *, failed: st
         logger.log_metrics({"lr_finder/lr": lr, "lr_finder/loss": loss, "lr_finder/smoothed": smooth}, step=i)
     found = result.suggestions()
     summary = {f"lr_finder/suggestion_{m}": v for m, v in found.items() if v is not None}
-    if found["steepest"] is not None:
-        summary["lr_finder/suggestion"] = found["steepest"]
+    if found[DEFAULT_METHOD] is not None:
+        summary["lr_finder/suggestion"] = found[DEFAULT_METHOD]
     summary.update({"lr_finder/points": len(result.lrs), "lr_finder/num_iters": result.num_iters})
     logger.log_metrics(summary, step=0)
     folder.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from detune import _runtime
+from detune._lr_suggest import LossSmoother, StopRule
 from detune.config import TrainConfig, schedule_kwargs
 from detune.errors import AdapterError, ConfigError
 
 STATE_FILE = "detune_state.json"  # written beside last.pt: optimizer-step counter and plateau state
+# Divergence guard: the LR finder's smoother and stop rule (detune._lr_suggest.StopRule) over the batch loss;
+# its first GUARD_WARMUP batches (or the LR warmup, if longer) use the wider bar divergence_factor ** 2.
+GUARD_SMOOTHING = 0.05
+GUARD_WARMUP = 10
 
 
 class Observer(Protocol):
@@ -126,8 +131,8 @@ class _Control:
         self.steps: list[dict[str, float]] = []
         self.info: dict[str, Any] = {}
         self.epoch_pending = False
-        self.smoothed: float | None = None
-        self.min_smoothed = math.inf
+        self.smoother = LossSmoother(GUARD_SMOOTHING)
+        self.guard: StopRule | None = None
         self.batches = 0
         self.mults: list[float] = []  # per param group lr factor, fixed when the optimizer is built
 
@@ -155,6 +160,9 @@ class _Control:
             import torch
 
             torch.set_num_threads(cpu_threads(self.cfg))  # Ultralytics pins cpu_count-1 threads
+        factor = self.cfg.divergence_factor or None
+        warmup = max(GUARD_WARMUP, math.ceil(self.plan.warmup_steps * trainer.accumulate))
+        self.guard = StopRule(factor, warmup, early_factor=factor**2 if factor else None)
         self.info = {"batches_per_epoch": nb, "accumulate": trainer.accumulate, "steps_per_epoch": steps_per_epoch,
                      "train_images": len(trainer.train_loader.dataset),
                      "warmup_steps": self.plan.warmup_steps, "device": str(trainer.device),
@@ -194,17 +202,14 @@ class _Control:
                 raise ProbeDone
             return
         self.check_finite(trainer)
-        factor = self.cfg.divergence_factor
-        if not factor or trainer.loss is None:
+        if not self.cfg.divergence_factor or trainer.loss is None or self.guard is None:
             return
         value = float(trainer.loss.detach().sum()) / max(trainer.batch_size, 1)
+        reason = self.guard.check(self.batches, value, self.smoother.update(value),
+                                  where=f"epoch {trainer.epoch + 1}, step {self.step}")
         self.batches += 1
-        beta = 0.9  # EMA of the batch loss, as in Smith's LR range test
-        self.smoothed = value if self.smoothed is None else beta * self.smoothed + (1 - beta) * value
-        if self.smoothed > factor * self.min_smoothed and self.step > self.plan.warmup_steps:
-            raise Diverged(f"smoothed loss {self.smoothed:.4g} exceeded {factor:g} x its minimum "
-                           f"{self.min_smoothed:.4g} at epoch {trainer.epoch + 1}, step {self.step}")
-        self.min_smoothed = min(self.min_smoothed, self.smoothed)
+        if reason is not None:
+            raise Diverged(reason)
 
     # ---- per epoch ---------------------------------------------------------------------------------
     def end_epoch(self, trainer: Any) -> None:
