@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -381,8 +382,12 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
             "metric": study.metric, "mode": study.mode, "tracking": tcfg, "parent_run_id": parent_run_id,
             "fit": fit,
         }
+        _PROGRESS["live"] = set()
+        started = time.monotonic()
         grid = _run_ray(study, payload, resume=resume, address=address, progress=progress)
-        interrupted = _unfinished(grid)
+        interrupted = frozenset(_PROGRESS.pop("live", set())) | _unfinished(grid)
+        if study.time_budget_s is not None and time.monotonic() - started >= study.time_budget_s:
+            interrupted = frozenset()  # the time budget ended the study: its live trials were stopped
         result = summarize(study, grid, parent_run_id=parent_run_id, interrupted=interrupted)
     except BaseException as e:
         if tcfg is not None and parent_run_id is not None:
@@ -582,7 +587,17 @@ def _driver_callback(study: StudyConfig, tcfg: Any, parent_run_id: str | None) -
             if sink is not None:
                 sink([dict(r) for r in self.rows.values()])
 
+        @staticmethod
+        def _live(trial: Any, started: bool) -> None:
+            """Trials started and not ended, for ``tune`` to tell an interrupted study (Ray's Ctrl-C handler
+            ends ``fit`` normally and stops the live trials without ``on_trial_complete``)."""
+            from detune import tuning
+
+            live = tuning._PROGRESS.setdefault("live", set())
+            (live.add if started else live.discard)(trial.trial_id)
+
         def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._live(trial, True)
             self._update(trial, "running")
 
         def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
@@ -590,9 +605,11 @@ def _driver_callback(study: StudyConfig, tcfg: Any, parent_run_id: str | None) -
             self._update(trial, "running", result)
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._live(trial, False)
             self._update(trial, "failed")
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._live(trial, False)
             row = self.rows.get(trial.trial_id, {})
             done = row.get("epoch", 0) >= study.train.epochs or row.get("status") == "diverged"
             self._update(trial, row.get("status") if row.get("status") == "diverged" else
