@@ -348,8 +348,12 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
             best) whenever a trial starts, reports or ends; the CLI draws its live table from it.
         fit: replaces the Ultralytics adapter in trials (tests use ``detune._fake.fit``).
 
-    Returns a ``StudyResult``; ``best.yaml`` and ``trials.csv`` are written to ``output_dir``.
-    Raises ``ConfigError`` for a bad study (before Ray starts) and ``TuneError`` when it cannot run.
+    Returns a ``StudyResult``; ``best.yaml`` and ``trials.csv`` are written to ``output_dir``. Before anything
+    is written, the study is checked (``check_study``), its folders too, and ``output_dir`` is locked: a second
+    study on it fails at once. The MLflow parent run ends FINISHED, KILLED (interrupted) or FAILED with tags
+    ``detune.status`` / ``detune.reason``; each trial's child run says what its trials.csv row says.
+    Raises ``ConfigError`` for a bad study (before Ray starts) and ``TuneError`` when it cannot run (a
+    locked or unusable folder, nothing to resume, an earlier study with results in the way).
     """
     study = config if isinstance(config, StudyConfig) else load_study(config, **overrides)
     check_study(study)
@@ -390,6 +394,7 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
             interrupted = frozenset()  # the time budget ended the study: its live trials were stopped
         result = summarize(study, grid, parent_run_id=parent_run_id, interrupted=interrupted)
     except BaseException as e:
+        _PROGRESS.pop("live", None)
         if tcfg is not None and parent_run_id is not None:
             _close_failed_study(tcfg, parent_run_id, e)
         raise
