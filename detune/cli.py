@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -260,7 +261,7 @@ def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | 
     from detune.study import load_study
 
     term = _terminal(quiet, verbose)
-    resume_cmd = " ".join(["detune tune", config, *overrides, "--resume"])
+    resume_cmd = shlex.join(["detune", "tune", config, *overrides, "--resume"])  # pasted into a shell
     try:
         values = _guard(lambda: _parse(overrides, verbose), debug)
         study = _guard(lambda: load_study(config, **values), debug)
@@ -275,9 +276,13 @@ def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | 
                 display(rows)
 
             def run() -> Any:
-                from detune.tuning import tune
+                from detune.study_files import open_study
+                from detune.tuning import check_study, tune
 
-                with capture(log, verbose=verbose, ultralytics_log=False), display:
+                check_study(study)
+                # folders checked and the study locked before detune.log is opened in output_dir
+                with open_study(study, resume=resume), capture(log, verbose=verbose, ultralytics_log=False), \
+                        display:
                     return tune(study, resume=resume, address=address, progress=progress)
 
             hint = f"interrupted: the study in {study.output_dir} can be resumed with: {resume_cmd}"
@@ -298,16 +303,19 @@ def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | 
 
 
 def _parse(overrides: list[str], verbose: bool) -> dict[str, Any]:
-    """Study overrides as ``load_study`` takes them: ``train.epochs=3`` stays a dotted key (it changes one
-    setting of the base train config; nested, it would replace the whole ``train`` mapping)."""
+    """Study overrides as ``load_study`` takes them: dotted keys stay dotted (``train.epochs=3``,
+    ``search_space.momentum={choice: [0.9, 0.937]}`` change one key of that mapping; nested, they would
+    replace the whole ``train`` or ``search_space`` mapping)."""
     from detune.config import parse_overrides
 
-    values = parse_overrides(list(overrides))
-    train = values.pop("train", None)
-    if isinstance(train, dict):
-        values.update({f"train.{k}": v for k, v in train.items()})
-    elif train is not None:
-        values["train"] = train  # train=other.yaml: a whole base config
+    values: dict[str, Any] = {}
+    for pair in overrides:
+        key = pair.partition("=")[0]
+        value: Any = parse_overrides([pair])
+        for part in key.split("."):
+            value = value[part]
+        values.pop(key, None)  # a repeated key counts at its last position
+        values[key] = value
     if verbose:
         values["train.verbose"] = True
     return values

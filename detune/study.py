@@ -62,7 +62,7 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
         raw, base_dir = dict(source), Path.cwd()
     else:
         raw, base_dir = read_yaml(source), Path(source).resolve().parent
-    raw = _merge_overrides(raw, overrides)
+    raw = _merge_overrides(raw, overrides, base_dir)
     unknown = [k for k in raw if k not in _STUDY_KEYS]
     if unknown:
         close = difflib.get_close_matches(unknown[0], _STUDY_KEYS, n=3)
@@ -81,17 +81,17 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
     if not _NAME.match(name):
         raise ConfigError(f"name ({name!r}) must be 1-100 letters, digits, '_', '.' or '-'; it names folders "
                           "and the MLflow experiment")
-    output_dir = Path(raw.get("output_dir") or Path("runs") / "detune" / name).expanduser().resolve()
+    output_dir = Path(_path(raw, "output_dir") or Path("runs") / "detune" / name).expanduser().resolve()
     study = StudyConfig(
         train=train, search_space=parse_search_space(raw["search_space"], train), name=name,
-        output_dir=output_dir, search=raw.get("search", "random"), search_params=dict(raw.get("search_params") or {}),
+        output_dir=output_dir, search=raw.get("search", "random"), search_params=_mapping(raw, "search_params"),
         trial_scheduler=raw.get("trial_scheduler", "asha"),
-        trial_scheduler_params=dict(raw.get("trial_scheduler_params") or {}),
+        trial_scheduler_params=_mapping(raw, "trial_scheduler_params"),
         num_samples=raw.get("num_samples", 8), max_concurrent_trials=raw.get("max_concurrent_trials"),
         metric=raw.get("metric", "metrics/mAP50-95"), mode=raw.get("mode", "max"),
-        resources_per_trial={"cpu": 1, "gpu": 0, **(raw.get("resources_per_trial") or {})},
+        resources_per_trial={"cpu": 1, "gpu": 0, **_mapping(raw, "resources_per_trial")},
         time_budget_s=raw.get("time_budget_s"),
-        storage_path=Path(raw.get("storage_path") or output_dir / "ray").expanduser().resolve(),
+        storage_path=Path(_path(raw, "storage_path") or output_dir / "ray").expanduser().resolve(),
         tracking=raw.get("tracking", True), seed=raw.get("seed", 0),
         baseline_first=raw.get("baseline_first", True),
     )
@@ -99,16 +99,67 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
     return study
 
 
-def _merge_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def _mapping(raw: Mapping[str, Any], field: str) -> dict[str, Any]:
+    value = raw.get(field)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        example = {"resources_per_trial": "{cpu: 1, gpu: 0}", "search_params": "{n_startup_trials: 4}",
+                   "trial_scheduler_params": "{grace_period: 2}"}[field]
+        raise ConfigError(f"{field} ({value!r}) must be a mapping of names to values, e.g. {field}: {example}")
+    return dict(value)
+
+
+def _path(raw: Mapping[str, Any], field: str) -> str | None:
+    value = raw.get(field)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{field} ({value!r}) must be a folder path, e.g. {field}: runs/detune/my_study")
+    return str(value)
+
+
+def _merge_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Apply ``overrides`` to the study mapping. A dotted key changes one value inside a mapping of the study
+    (``search_space.momentum``, ``search_space.scheduler_params.onecycle.pct_start``, ``resources_per_trial.cpu``,
+    ``search_params.n_startup_trials``, ``trial_scheduler_params.grace_period``, ``tracking.experiment``,
+    ``train.lr0``) and keeps every other key of that mapping; the last part's value replaces what was there."""
     out = dict(raw)
     for key, value in overrides.items():
-        if key.startswith("train."):
-            train = out.get("train") or {}
-            if not isinstance(train, Mapping):
-                train = read_yaml(train)
-            out["train"] = {**train, key[len("train."):]: value}
-        else:
+        first, *rest = key.split(".")
+        if not rest:
             out[key] = value
+            continue
+        out[first] = _set_dotted(_as_mapping(first, out.get(first), base_dir), rest, value, first)
+    return out
+
+
+def _as_mapping(field: str, current: Any, base_dir: Path) -> dict[str, Any]:
+    if field == "train" and isinstance(current, (str, os.PathLike)):  # train: base.yaml, relative to the study
+        path = Path(current) if Path(current).is_absolute() else base_dir / current
+        return read_yaml(path)
+    if field == "tracking" and current is not None and not isinstance(current, Mapping):
+        # tracking: true / a URI / false: a tracking.<key> override turns it into the mapping form (on)
+        return {"uri": str(current)} if isinstance(current, (str, os.PathLike)) else {}
+    if current is None:
+        return {}
+    if not isinstance(current, Mapping):
+        raise ConfigError(f"{field} ({current!r}) is not a mapping, so {field}.<key>=... cannot change a key in "
+                          f"it; set the whole value instead ({field}=...)")
+    return dict(current)
+
+
+def _set_dotted(target: dict[str, Any], parts: list[str], value: Any, where: str) -> dict[str, Any]:
+    out = dict(target)
+    head, *rest = parts
+    if not rest:
+        out[head] = value
+        return out
+    inner = out.get(head)
+    if inner is not None and not isinstance(inner, Mapping):
+        raise ConfigError(f"{where}.{head} ({inner!r}) is not a mapping, so {where}.{head}.{'.'.join(rest)}=... "
+                          f"cannot change a key in it; set {where}.{head}=... instead")
+    out[head] = _set_dotted(dict(inner or {}), rest, value, f"{where}.{head}")
     return out
 
 
@@ -145,6 +196,15 @@ def _validate(s: StudyConfig) -> None:
         bad = next(k for k, d in s.search_space.items() if d.kind != "grid")
         raise ConfigError(f"search: grid needs every search_space entry to be {{grid: [...]}}; {bad} is "
                           f"{s.search_space[bad].kind}; use search: random or make it a grid")
+    grids = [k for k, d in s.search_space.items() if d.kind == "grid"]
+    if grids and s.search not in ("random", "grid"):
+        raise ConfigError(f"search_space.{grids[0]} is a grid, which search: {s.search} cannot take (it samples "
+                          f"each value itself); use search_space.{grids[0]}: {{choice: "
+                          f"{list(s.search_space[grids[0]].args)}}}, or search: random to try every grid value")
+    if not isinstance(s.metric, str) or not s.metric:
+        raise ConfigError(f"metric ({s.metric!r}) must be a metric name such as metrics/mAP50-95")
+    if not isinstance(s.seed, int) or isinstance(s.seed, bool):
+        raise ConfigError(f"seed ({s.seed!r}) must be an integer, e.g. seed: 0")
     if s.trial_scheduler == "pbt" and s.search not in ("random", "grid"):
         raise ConfigError(f"trial_scheduler: pbt mutates trials itself and cannot be combined with search: "
                           f"{s.search}; use search: random")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import math
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +42,12 @@ class StudyResult:
     result_grid: Any = None
 
 
-def trial_rows(study: StudyConfig, grid: Any) -> list[dict[str, Any]]:
-    """One row per trial from a Ray ``ResultGrid`` (no Ray import needed: duck-typed)."""
+INTERRUPTED = "the study was interrupted before this trial ended; resume the study with --resume"
+
+
+def trial_rows(study: StudyConfig, grid: Any, interrupted: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """One row per trial from a Ray ``ResultGrid`` (no Ray import needed: duck-typed). Trials whose id is in
+    ``interrupted`` (still running when the study stopped) get status ``interrupted``."""
     rows = []
     sign = 1 if study.mode == "max" else -1
     for result in grid:
@@ -52,8 +60,11 @@ def trial_rows(study: StudyConfig, grid: Any) -> list[dict[str, Any]]:
                   and math.isfinite(r[study.metric])]
         best = max(scored, key=lambda r: sign * r[study.metric]) if scored else {}
         epochs_run = int(max((r.get("epoch", 0) for r in history), default=0))
+        trial_id = metrics.get("detune_trial_id") or Path(result.path).name
         if result.error is not None:
             status, reason = "failed", str(result.error).strip().splitlines()[-1][:500]
+        elif trial_id in interrupted:
+            status, reason = "interrupted", INTERRUPTED
         elif metrics.get("detune_status") == "diverged":
             status, reason = "diverged", metrics.get("detune_reason", "")
         elif epochs_run < study.train.epochs:
@@ -61,17 +72,19 @@ def trial_rows(study: StudyConfig, grid: Any) -> list[dict[str, Any]]:
         else:
             status, reason = "completed", ""
         params = {k: v for k, v in (result.config or {}).items()}
-        rows.append({"trial_id": metrics.get("detune_trial_id") or Path(result.path).name, "status": status,
+        rows.append({"trial_id": trial_id, "status": status,
                      "best_metric": best.get(study.metric, math.nan), "best_epoch": best.get("epoch", math.nan),
                      "epochs_run": epochs_run, "reason": reason, **params, "_best": best})
     return rows
 
 
-def summarize(study: StudyConfig, grid: Any, *, parent_run_id: str | None) -> StudyResult:
+def summarize(study: StudyConfig, grid: Any, *, parent_run_id: str | None,
+              interrupted: frozenset[str] = frozenset()) -> StudyResult:
     """Build the ``StudyResult`` and write ``trials.csv`` and ``best.yaml`` into ``study.output_dir``."""
-    rows = trial_rows(study, grid)
+    rows = trial_rows(study, grid, interrupted)
     sign = 1 if study.mode == "max" else -1
-    ranked = [r for r in rows if r["status"] in ("completed", "stopped") and math.isfinite(r["best_metric"])]
+    ranked = [r for r in rows if r["status"] in ("completed", "stopped", "interrupted")
+              and math.isfinite(r["best_metric"])]
     best = max(ranked, key=lambda r: sign * r["best_metric"]) if ranked else None
     params = {k: best[k] for k in study.search_space if k in best} if best else {}
     best_config = None
@@ -111,3 +124,106 @@ def write_atomic(path: Path, text: str) -> Path:
         raise TuneError(f"could not write {path}: {e.strerror or e}; free disk space or choose another "
                         "output_dir (the Ray results in storage_path are kept)") from e
     return path
+
+
+# ---- the study's folders: checked before anything is written, locked while the study runs ----------------
+LOCK_FILE = ".detune.lock"
+_HELD: dict[Path, tuple[int, int]] = {}  # lock path -> (fd, depth): the CLI and tune() nest in one process
+
+
+def check_folders(study: StudyConfig) -> None:
+    """Raise ``TuneError`` naming the path when ``output_dir`` or ``storage_path`` cannot be created or
+    written (a file on the way, no permission); creates nothing, so it runs before any log or Ray start."""
+    for field, path in (("output_dir", study.output_dir), ("storage_path", study.storage_path)):
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        problem = None
+        if not existing.is_dir():
+            problem = f"{existing} is a file, not a folder"
+        else:
+            try:  # a real write (a temp folder, removed at once): os.access trusts root on read-only mounts
+                tempfile.TemporaryDirectory(prefix=".detune-probe-", dir=existing).cleanup()
+            except OSError as e:
+                problem = f"{existing} is not writable ({e.strerror or e})"
+        if problem:
+            raise TuneError(f"{field} ({path}) cannot be created: {problem}; choose a writable folder with "
+                            f"{field}=...")
+
+
+@contextlib.contextmanager
+def study_lock(study: StudyConfig) -> Iterator[Path]:
+    """Hold an exclusive lock on the study's ``output_dir`` (``flock`` on ``.detune.lock``: the kernel
+    releases it when the process dies, so a killed study never blocks the next run). A second study on the
+    same folder fails at once with ``TuneError``, before it writes anything. Re-entrant in one process."""
+    import fcntl
+
+    path = study.output_dir / LOCK_FILE
+    if path in _HELD:
+        fd, depth = _HELD[path]
+        _HELD[path] = (fd, depth + 1)
+    else:
+        try:
+            study.output_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise TuneError(f"output_dir ({study.output_dir}) cannot be created: {e.strerror or e}; choose a "
+                            "writable folder with output_dir=...") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise TuneError(f"study {study.name!r} is already running in {study.output_dir} (pid {holder}); "
+                            "wait for it to end (then --resume it if it was interrupted), or choose another "
+                            "output_dir / name") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _HELD[path] = (fd, 1)
+    try:
+        yield path
+    finally:
+        fd, depth = _HELD[path]
+        if depth > 1:
+            _HELD[path] = (fd, depth - 1)
+        else:
+            del _HELD[path]
+            os.close(fd)  # releases the flock
+
+
+def trials_reported(experiment: Path) -> bool:
+    """Whether any trial of a Ray experiment folder reported a result (an epoch): only then is there
+    something to resume."""
+    return any(f.stat().st_size > 0 for f in experiment.glob("*/result.json"))
+
+
+def clear_unstarted(study: StudyConfig, experiment: Path) -> None:
+    """Before a new (not resumed) study: an experiment folder left by a start that failed before any trial
+    reported is removed (nothing in it to keep); one with results blocks with the fix."""
+    if not experiment.exists():
+        return
+    if trials_reported(experiment):
+        raise TuneError(f"study {study.name!r} already exists in {experiment}; pass --resume to continue it, or "
+                        "choose another name / delete that folder")
+    shutil.rmtree(experiment)
+
+
+def restorable(experiment: Path) -> bool:
+    """Whether Ray can resume the experiment folder (it holds ``tuner.pkl``: ``Tuner.can_restore``'s test)."""
+    return (experiment / "tuner.pkl").is_file()
+
+
+@contextlib.contextmanager
+def open_study(study: StudyConfig, *, resume: bool) -> Iterator[Path]:
+    """What a study checks and holds before it writes anything (the CLI enters it before opening
+    detune.log, ``tune`` again inside): usable folders, something to resume for ``resume`` (checked before
+    any folder is created), the lock on ``output_dir``, and for a new study no earlier results in the way.
+    Yields the Ray experiment folder."""
+    check_folders(study)
+    experiment = study.storage_path / study.name
+    if resume and not restorable(experiment):
+        raise TuneError(f"nothing to resume in {experiment}; run the study without --resume first")
+    with study_lock(study):
+        if not resume:
+            clear_unstarted(study, experiment)
+        yield experiment

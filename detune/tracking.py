@@ -625,6 +625,49 @@ def close_stopped_trial(cfg: TrackingConfig, *, parent_run_id: str, trial_id: st
     return run_id
 
 
+def sync_trial_runs(cfg: TrackingConfig, *, parent_run_id: str, truth: Mapping[str, tuple[str, str]],
+                    open_runs: tuple[str, str] | None = None) -> int:
+    """Make the child runs of a study say what its trials.csv says: ``truth`` maps a trial id to its
+    (status, reason); the run gets MLflow status FINISHED (completed, stopped, diverged), FAILED (failed) or
+    KILLED (interrupted) and tags ``detune.status`` / ``detune.reason`` (no reason tag when empty).
+    ``open_runs``: (status, reason) for children still RUNNING that ``truth`` does not name. Call it when no
+    trial runs any more. Returns the number of runs changed; store errors are warnings, never raised."""
+    changed = 0
+    try:
+        with _as_tracking_error(cfg, "cannot update the trial runs"):
+            client = _client(cfg.uri)
+            exp = client.get_experiment_by_name(cfg.experiment)
+            runs = [] if exp is None else client.search_runs(
+                [exp.experiment_id], max_results=10000, order_by=["attributes.start_time ASC"],
+                filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+            seen: set[str] = set()
+            for run in runs:
+                trial_id = run.data.tags.get("detune.trial_id")
+                if trial_id is None or trial_id in seen:
+                    continue
+                seen.add(trial_id)
+                want = truth.get(trial_id) or (open_runs if run.info.status == "RUNNING" else None)
+                if want is None:
+                    continue
+                status, reason = want
+                mlstatus = {"failed": "FAILED", "interrupted": "KILLED"}.get(status, "FINISHED")
+                tags = run.data.tags
+                if (run.info.status, tags.get("detune.status"), tags.get("detune.reason", "")) == (
+                        mlstatus, status, reason[:_MAX_TAG_VALUE]):
+                    continue
+                client.set_tag(run.info.run_id, "detune.status", status)
+                if reason:
+                    client.set_tag(run.info.run_id, "detune.reason", reason[:_MAX_TAG_VALUE])
+                elif "detune.reason" in tags:
+                    client.delete_tag(run.info.run_id, "detune.reason")
+                if run.info.status != mlstatus:
+                    client.set_terminated(run.info.run_id, mlstatus)
+                changed += 1
+    except TrackingError as e:
+        log.warning("%s", e)
+    return changed
+
+
 def finish_run(cfg: TrackingConfig, run_id: str, *, status: str, metrics: Mapping[str, float] | None = None,
                params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
                artifacts: Sequence[Path] = ()) -> None:

@@ -10,11 +10,13 @@ the children of trials the scheduler stopped.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,10 +24,15 @@ from typing import Any
 
 from detune import _runtime
 from detune.config import from_dict
-from detune.errors import TuneError
+from detune.errors import ConfigError, TuneError
 from detune.search_space import Dim, baseline_point
 from detune.study import StudyConfig, load_study
-from detune.study_files import StudyResult, summarize
+from detune.study_files import (
+    INTERRUPTED,
+    StudyResult,
+    open_study,
+    summarize,
+)
 
 STUDY_STATE = "study.json"
 
@@ -106,12 +113,14 @@ def _scheduler(study: StudyConfig) -> Any:
             return schedulers.FIFOScheduler(**params)
         if study.trial_scheduler == "asha":
             params = {"grace_period": 1, "reduction_factor": 2, **params}
-            return schedulers.ASHAScheduler(time_attr="training_iteration", max_t=max_t, **params)
+            return _FinishLastEpoch.wrap(schedulers.ASHAScheduler, study.train.epochs)(
+                time_attr="training_iteration", max_t=max_t, **params)
         if study.trial_scheduler == "hyperband":
             return schedulers.HyperBandScheduler(time_attr="training_iteration", max_t=max_t, **params)
         if study.trial_scheduler == "median":
             params = {"grace_period": 1, "min_samples_required": 2, **params}
-            return schedulers.MedianStoppingRule(time_attr="training_iteration", **params)
+            return _FinishLastEpoch.wrap(schedulers.MedianStoppingRule, study.train.epochs)(
+                time_attr="training_iteration", **params)
         mutations = {k: (list(d.args) if d.kind in ("choice", "grid") else _domain(d))
                      for k, d in study.search_space.items()}
         params = {"perturbation_interval": 1, **params}
@@ -120,6 +129,99 @@ def _scheduler(study: StudyConfig) -> Any:
     except TypeError as e:  # an unknown key in trial_scheduler_params
         raise TuneError(f"trial_scheduler_params ({study.trial_scheduler_params!r}) are invalid for "
                         f"{study.trial_scheduler}: {e}") from None
+
+
+# Keys of search_params / trial_scheduler_params that detune sets itself: key -> what to use instead
+_SET_BY_DETUNE = {"metric": "the study's metric", "mode": "the study's mode", "space": "search_space",
+                  "random_state": "seed", "random_state_seed": "seed", "seed": "the study's seed",
+                  "max_concurrent": "max_concurrent_trials", "time_attr": "detune's epochs (training_iteration)",
+                  "max_t": "train.epochs", "hyperparam_mutations": "search_space"}
+
+
+def check_study(study: StudyConfig) -> None:
+    """Check what Ray would only check after it started: ``search_params`` and ``trial_scheduler_params``
+    against the parameters of the searcher and scheduler classes (``inspect.signature``), then build both
+    once so bad values fail here. Starts nothing.
+
+    Raises:
+        ConfigError: naming the key, the class and the valid keys.
+    """
+    import inspect
+
+    from ray.tune import schedulers
+    from ray.tune.search import BasicVariantGenerator
+
+    def check(field: str, params: Mapping[str, Any], cls: Any, what: str) -> None:
+        accepted = [n for n, p in inspect.signature(cls).parameters.items()
+                    if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        for key in params:
+            if key in _SET_BY_DETUNE and key in accepted:
+                raise ConfigError(f"{field}.{key} is set by detune from {_SET_BY_DETUNE[key]}; remove it")
+            if key not in accepted:
+                valid = [n for n in accepted if n not in _SET_BY_DETUNE]
+                close = [n for n in valid if key in n] or difflib.get_close_matches(key, valid, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise ConfigError(f"{field}.{key} is not a parameter of {cls.__name__} ({what}); {hint}valid: "
+                                  f"{', '.join(valid) or 'none'}")
+
+    searchers = {"random": BasicVariantGenerator, "grid": BasicVariantGenerator}
+    if study.search == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        searchers["optuna"] = OptunaSearch
+        sampler = study.search_params.get("sampler", {})
+        if not isinstance(sampler, Mapping):
+            raise ConfigError(f"search_params.sampler ({sampler!r}) must be a mapping of TPESampler settings, "
+                              "e.g. {n_startup_trials: 4}")
+        check("search_params.sampler", sampler, optuna.samplers.TPESampler, "search: optuna")
+    elif study.search == "hyperopt":
+        _require("hyperopt", "search: hyperopt", "pip install hyperopt")
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        searchers["hyperopt"] = HyperOptSearch
+    elif study.search == "bohb":
+        _require("hpbandster", "search: bohb", "pip install hpbandster ConfigSpace")
+        _require("ConfigSpace", "search: bohb", "pip install hpbandster ConfigSpace")
+        from ray.tune.search.bohb import TuneBOHB
+
+        searchers["bohb"] = TuneBOHB
+    if study.trial_scheduler != "pbt":
+        check("search_params", study.search_params, searchers[study.search], f"search: {study.search}")
+    elif study.search_params:
+        raise ConfigError(f"search_params ({study.search_params!r}) are not used with trial_scheduler: pbt (it "
+                          "samples trials itself); remove them")
+    classes = {"fifo": schedulers.FIFOScheduler, "asha": schedulers.ASHAScheduler,
+               "hyperband": schedulers.HyperBandScheduler, "median": schedulers.MedianStoppingRule,
+               "pbt": schedulers.PopulationBasedTraining}
+    cls = schedulers.HyperBandForBOHB if study.search == "bohb" else classes[study.trial_scheduler]
+    check("trial_scheduler_params", study.trial_scheduler_params, cls, f"trial_scheduler: {study.trial_scheduler}")
+    try:
+        _scheduler(study)
+        if study.trial_scheduler != "pbt":
+            _search_alg(study, {})
+    except (TypeError, ValueError, AssertionError) as e:
+        raise ConfigError(f"search_params ({study.search_params!r}) / trial_scheduler_params "
+                          f"({study.trial_scheduler_params!r}) are invalid for search: {study.search}, "
+                          f"trial_scheduler: {study.trial_scheduler}: {e or type(e).__name__}") from None
+
+
+class _FinishLastEpoch:
+    """An asynchronous scheduler that never stops a trial on the result of its last epoch: ASHA puts a rung
+    at the last epoch whenever grace_period * reduction_factor**k equals ``epochs`` (2, 4, 8 for 8 epochs),
+    and a STOP there killed a trial that had trained every epoch while it closed its MLflow run (child run
+    "stopped", trials.csv "completed"). The trial ends by itself right after that result anyway."""
+
+    @staticmethod
+    def wrap(cls: Any, epochs: int) -> Any:
+        def on_trial_result(self: Any, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+            decision = cls.on_trial_result(self, tune_controller, trial, result)
+            if decision == cls.STOP and result.get("training_iteration", 0) >= epochs:
+                return str(cls.CONTINUE)
+            return str(decision)
+
+        # a subclass made here is pickled by value (cloudpickle) into the experiment, so --resume restores it
+        return type(cls.__name__, (cls,), {"on_trial_result": on_trial_result})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -246,44 +348,94 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
             best) whenever a trial starts, reports or ends; the CLI draws its live table from it.
         fit: replaces the Ultralytics adapter in trials (tests use ``detune._fake.fit``).
 
-    Returns a ``StudyResult``; ``best.yaml`` and ``trials.csv`` are written to ``output_dir``.
-    Raises ``ConfigError`` for a bad study (before Ray starts) and ``TuneError`` when it cannot run.
+    Returns a ``StudyResult``; ``best.yaml`` and ``trials.csv`` are written to ``output_dir``. Before anything
+    is written, the study is checked (``check_study``), its folders too, and ``output_dir`` is locked: a second
+    study on it fails at once. The MLflow parent run ends FINISHED, KILLED (interrupted) or FAILED with tags
+    ``detune.status`` / ``detune.reason``; each trial's child run says what its trials.csv row says.
+    Raises ``ConfigError`` for a bad study (before Ray starts) and ``TuneError`` when it cannot run (a
+    locked or unusable folder, nothing to resume, an earlier study with results in the way).
     """
     study = config if isinstance(config, StudyConfig) else load_study(config, **overrides)
-    _runtime.prepare()
+    check_study(study)
+    with open_study(study, resume=resume):
+        _runtime.prepare()
+        return _tune_locked(study, resume=resume, address=address, progress=progress, fit=fit)
+
+
+def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progress: Any, fit: Any) -> StudyResult:
     from detune import tracking as tr
     from detune.tracking_config import resolve_tracking
 
-    try:
-        study.output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TuneError(f"output_dir ({study.output_dir}) cannot be created: {e.strerror or e}; choose a writable "
-                        "folder with output_dir=...") from e
     state_file = study.output_dir / STUDY_STATE
     state = json.loads(state_file.read_text()) if resume and state_file.is_file() else {}
     tcfg = resolve_tracking(study.tracking, default_experiment=study.name)
+    train = _absolute_paths(study.train.to_dict())  # the dataset is checked before any run or Ray exists
     parent_run_id = state.get("parent_run_id")
     if tcfg is not None:
         tr.check_reachable(tcfg)
         tr.prepare_store(tcfg)  # before parallel trial writers: see the sqlite race in STACK-NOTES
-        if parent_run_id is None:
-            parent_run_id = tr.start_study_run(tcfg, name=study.name, params=_study_params(study))
-    _atomic_json(state_file, {"parent_run_id": parent_run_id, "name": study.name, "metric": study.metric,
-                              "mode": study.mode})
-    payload = {
-        "train": _absolute_paths(study.train.to_dict()), "trials_dir": str(study.output_dir / "trials"),
-        "name": study.name,
-        "gpu": study.resources_per_trial["gpu"], "cpu": study.resources_per_trial["cpu"], "metric": study.metric,
-        "mode": study.mode, "tracking": tcfg, "parent_run_id": parent_run_id, "fit": fit,
-    }
-    grid = _run_ray(study, payload, resume=resume, address=address, progress=progress)
-    result = summarize(study, grid, parent_run_id=parent_run_id)
+        # a resumed study reopens its parent run (RUNNING again); a new one creates it
+        parent_run_id = tr.start_study_run(tcfg.replace(run_id=parent_run_id), name=study.name,
+                                           params=_study_params(study))
+    try:
+        _atomic_json(state_file, {"parent_run_id": parent_run_id, "name": study.name, "metric": study.metric,
+                                  "mode": study.mode})
+        payload = {
+            "train": train, "trials_dir": str(study.output_dir / "trials"), "name": study.name,
+            "gpu": study.resources_per_trial["gpu"], "cpu": study.resources_per_trial["cpu"],
+            "metric": study.metric, "mode": study.mode, "tracking": tcfg, "parent_run_id": parent_run_id,
+            "fit": fit,
+        }
+        _PROGRESS["live"] = set()
+        started = time.monotonic()
+        grid = _run_ray(study, payload, resume=resume, address=address, progress=progress)
+        interrupted = frozenset(_PROGRESS.pop("live", set())) | _unfinished(grid)
+        if study.time_budget_s is not None and time.monotonic() - started >= study.time_budget_s:
+            interrupted = frozenset()  # the time budget ended the study: its live trials were stopped
+        result = summarize(study, grid, parent_run_id=parent_run_id, interrupted=interrupted)
+    except BaseException as e:
+        _PROGRESS.pop("live", None)
+        if tcfg is not None and parent_run_id is not None:
+            _close_failed_study(tcfg, parent_run_id, e)
+        raise
     report_dir = _report(study)
     if tcfg is not None:
-        tr.finish_run(tcfg, parent_run_id, status="FINISHED", metrics=_best_metrics(study, result),
+        truth = {t["trial_id"]: (t["status"], t["reason"] or "") for t in result.trials}
+        tr.sync_trial_runs(tcfg, parent_run_id=parent_run_id, truth=truth)
+        tags = {"detune.status": "interrupted", "detune.reason": INTERRUPTED_STUDY} if interrupted else {
+            "detune.status": "completed", "detune.reason": ""}
+        tr.finish_run(tcfg, parent_run_id, status="KILLED" if interrupted else "FINISHED",
+                      metrics=_best_metrics(study, result), tags=tags,
                       params={"best." + k: v for k, v in result.best_params.items()},
                       artifacts=[p for p in (result.best_yaml, result.trials_csv, report_dir) if p is not None])
     return result
+
+
+INTERRUPTED_STUDY = "interrupted before all trials ended; resume with --resume"
+
+
+def _close_failed_study(tcfg: Any, parent_run_id: str, error: BaseException) -> None:
+    """A study that ends by an exception closes its parent run (FAILED, or KILLED for Ctrl-C) with the
+    reason, and the trial runs left RUNNING; the original error is what the caller sees."""
+    from detune import tracking as tr
+
+    killed = isinstance(error, KeyboardInterrupt)
+    reason = INTERRUPTED_STUDY if killed else f"{type(error).__name__}: {error}"
+    status = "interrupted" if killed else "failed"
+    try:
+        tr.sync_trial_runs(tcfg, parent_run_id=parent_run_id, truth={},
+                           open_runs=(status, INTERRUPTED if killed else f"the study failed: {reason}"))
+        tr.finish_run(tcfg, parent_run_id, status="KILLED" if killed else "FAILED",
+                      tags={"detune.status": status, "detune.reason": reason[:2000]})
+    except Exception as e:  # noqa: BLE001 - never hide the error that ended the study
+        warnings.warn(f"could not close the study's MLflow run {parent_run_id}: {e}", stacklevel=3)
+
+
+def _unfinished(grid: Any) -> frozenset[str]:
+    """Ids of trials that had not ended (TERMINATED or ERROR) when ``fit`` returned: Ray's first Ctrl-C makes
+    ``fit`` return with trials still running."""
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    return frozenset(t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR"))
 
 
 def _report(study: StudyConfig) -> Path | None:
@@ -350,16 +502,11 @@ def _run_ray(study: StudyConfig, payload: dict[str, Any], *, resume: bool, addre
         trainable = tune.with_resources(tune.with_parameters(_trainable, payload=payload),
                                         {"cpu": study.resources_per_trial["cpu"],
                                          "gpu": study.resources_per_trial["gpu"]})
-        experiment = study.storage_path / study.name
+        experiment = study.storage_path / study.name  # checked in tune(), before Ray started
         if resume:
-            if not tune.Tuner.can_restore(str(experiment)):
-                raise TuneError(f"nothing to resume in {experiment}; run the study without --resume first")
             tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
         else:
-            if experiment.exists():
-                raise TuneError(f"study {study.name!r} already exists in {experiment}; pass --resume to continue "
-                                "it, or choose another name / delete that folder")
             tuner = _new_tuner(study, trainable, payload["tracking"], payload["parent_run_id"])
         _PROGRESS["current"] = progress
         with warnings.catch_warnings():
@@ -445,7 +592,17 @@ def _driver_callback(study: StudyConfig, tcfg: Any, parent_run_id: str | None) -
             if sink is not None:
                 sink([dict(r) for r in self.rows.values()])
 
+        @staticmethod
+        def _live(trial: Any, started: bool) -> None:
+            """Trials started and not ended, for ``tune`` to tell an interrupted study (Ray's Ctrl-C handler
+            ends ``fit`` normally and stops the live trials without ``on_trial_complete``)."""
+            from detune import tuning
+
+            live = tuning._PROGRESS.setdefault("live", set())
+            (live.add if started else live.discard)(trial.trial_id)
+
         def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._live(trial, True)
             self._update(trial, "running")
 
         def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
@@ -453,9 +610,11 @@ def _driver_callback(study: StudyConfig, tcfg: Any, parent_run_id: str | None) -
             self._update(trial, "running", result)
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._live(trial, False)
             self._update(trial, "failed")
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._live(trial, False)
             row = self.rows.get(trial.trial_id, {})
             done = row.get("epoch", 0) >= study.train.epochs or row.get("status") == "diverged"
             self._update(trial, row.get("status") if row.get("status") == "diverged" else
@@ -463,7 +622,8 @@ def _driver_callback(study: StudyConfig, tcfg: Any, parent_run_id: str | None) -
             if tcfg is not None and parent_run_id is not None:
                 from detune import tracking as tr
 
-                tr.close_stopped_trial(tcfg, parent_run_id=parent_run_id, trial_id=trial.trial_id)
+                tr.close_stopped_trial(tcfg, parent_run_id=parent_run_id, trial_id=trial.trial_id,
+                                       status="completed" if done else "stopped")
 
     return DriverCallback()
 

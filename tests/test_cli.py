@@ -117,6 +117,9 @@ def test_tune_passes_the_validated_study_and_flags_to_the_library(tmp_path: Path
 
 
 def test_tune_json_and_resume(tmp_path: Path, shapes_yaml: Path, fake_tune: FakeTune) -> None:
+    experiment = tmp_path / "out" / "ray" / "cli"  # --resume needs a study to resume (Ray's tuner.pkl)
+    experiment.mkdir(parents=True)
+    (experiment / "tuner.pkl").write_bytes(b"")
     result = invoke("tune", study_yaml(tmp_path, shapes_yaml), "--resume", "--json", "--quiet")
     assert result.exit_code == 0, result.output
     assert fake_tune.calls[0][1]["resume"] is True and result.stderr == ""

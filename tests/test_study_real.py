@@ -143,3 +143,39 @@ def test_sigkill_mid_study_then_resume_completes_without_reruns(tmp_path: Path, 
     assert len(parents) == 1 and len(children) == 3  # reused, not duplicated
     assert {c.data.tags["detune.trial_id"] for c in children} == {r["trial_id"] for r in rows}
     assert all(c.info.status == "FINISHED" for c in children)
+
+
+# ---- every shipped config runs (real trainings, tiny overrides) -------------------------------------------------
+SHIPPED_STUDIES = {
+    "quick.yaml": {},
+    "pbt.yaml": {},
+    # its 50 epochs / grace_period 5 / warmup up to 3 epochs scaled down to a 1-epoch smoke run
+    "lr_search.yaml": {"trial_scheduler_params.grace_period": 1,
+                       "search_space.warmup_epochs": {"uniform": [0.0, 0.5]}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_STUDIES))
+def test_every_shipped_study_config_runs(tmp_path: Path, shapes_yaml: Path, name: str) -> None:
+    from detune.tuning import tune
+
+    tiny = {"train.data": str(shapes_yaml), "train.epochs": 1, "train.imgsz": 32, "train.batch": 8, "train.nbs": 8,
+            "train.fraction": 0.5, "train.workers": 0, "train.device": "cpu", "train.warmup_epochs": 0.0,
+            "train.plots": False, "num_samples": 1, "max_concurrent_trials": 1, "resources_per_trial.cpu": 1,
+            "resources_per_trial.gpu": 0, "output_dir": str(tmp_path / "out"),
+            "tracking": f"sqlite:///{tmp_path / 'mlflow.db'}", **SHIPPED_STUDIES[name]}
+    result = tune(REPO / "configs" / name, **tiny)
+    assert [t["status"] for t in result.trials] == ["completed"], result.trials
+    assert result.best_yaml is not None and load_config(result.best_yaml).epochs == 1
+    parents, children = _children(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [p.info.status for p in parents] == ["FINISHED"] and [c.info.status for c in children] == ["FINISHED"]
+
+
+def test_shipped_train_config_runs(tmp_path: Path, shapes_yaml: Path) -> None:
+    import detune
+
+    result = detune.train(REPO / "configs" / "train.yaml", data=str(shapes_yaml), epochs=1, imgsz=32, batch=8,
+                          nbs=8, fraction=0.5, device="cpu", warmup_epochs=0.0, plots=False, threads=1,
+                          project=str(tmp_path / "runs"), name="t")
+    assert result.status == "completed", result.reason
+    assert len(result.history) == 1
