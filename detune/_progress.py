@@ -26,9 +26,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from detune.study_files import TRIAL_STATUSES as _DONE
+
 _STYLE = {"pending": "dim", "running": "cyan", "completed": "green", "stopped": "yellow", "diverged": "red",
-          "failed": "bold red"}
-_DONE = ("completed", "stopped", "diverged", "failed")
+          "failed": "bold red", "interrupted": "magenta"}
 _MAX_ROWS = 20  # a larger study shows its running trials and its best ones
 
 

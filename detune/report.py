@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from detune.errors import ConfigError
+from detune.study_files import TRIAL_STATUSES
 
 __all__ = ["BASELINE", "FIGURES", "StudyData", "TrialData", "build_report", "load_experiment",
            "load_study_dir", "write_report"]
@@ -33,7 +34,6 @@ __all__ = ["BASELINE", "FIGURES", "StudyData", "TrialData", "build_report", "loa
 BASELINE = {"lr0": 0.01, "scheduler": "linear"}  # Ultralytics' defaults (SGD lr0 0.01, linear decay)
 FIGURES = ("metric_vs_lr0.png", "parallel_coordinates.png", "metric_curves.png", "lr_curves.png")
 _BASE_COLUMNS = ("trial_id", "status", "best_metric", "best_epoch", "epochs_run", "reason")
-_STATUSES = ("completed", "stopped", "diverged", "failed")
 
 
 @dataclasses.dataclass
@@ -457,7 +457,7 @@ def markdown(data: StudyData, *, top: int = 5, problems: Sequence[str] = ()) -> 
     """The summary: best trial and config, baseline comparison, status counts, compute, figures."""
     ranked = data.ranked()
     best = ranked[0] if ranked else None
-    counts = {s: sum(t.status == s for t in data.trials) for s in _STATUSES}
+    counts = {s: sum(t.status == s for t in data.trials) for s in TRIAL_STATUSES}
     other = len(data.trials) - sum(counts.values())
     lines = [f"# Study report: {data.name}", "",
              f"- source: {data.source}", f"- metric: `{data.metric}` ({data.mode})",

@@ -20,6 +20,7 @@ from detune.errors import TuneError
 from detune.search_space import apply_params
 from detune.study import StudyConfig
 
+TRIAL_STATUSES = ("completed", "stopped", "diverged", "failed", "interrupted")  # how a trial ended
 TRIAL_COLUMNS = ("trial_id", "status", "best_metric", "best_epoch", "epochs_run", "reason")
 
 

@@ -29,6 +29,7 @@ from detune.search_space import Dim, baseline_point
 from detune.study import StudyConfig, load_study
 from detune.study_files import (
     INTERRUPTED,
+    TRIAL_STATUSES,
     StudyResult,
     open_study,
     summarize,
@@ -467,7 +468,7 @@ def _absolute_paths(train: dict[str, Any]) -> dict[str, Any]:
 def _best_metrics(study: StudyConfig, result: StudyResult) -> dict[str, float]:
     out = {f"best/{k}": v for k, v in result.best_metrics.items() if isinstance(v, (int, float))}
     out["trials/total"] = len(result.trials)
-    for status in ("completed", "stopped", "diverged", "failed"):
+    for status in TRIAL_STATUSES:
         out[f"trials/{status}"] = sum(t["status"] == status for t in result.trials)
     out["trial_epochs"] = sum(int(t["epochs_run"]) for t in result.trials)
     return out
