@@ -461,7 +461,7 @@ def markdown(data: StudyData, *, top: int = 5, problems: Sequence[str] = ()) -> 
     other = len(data.trials) - sum(counts.values())
     lines = [f"# Study report: {data.name}", "",
              f"- source: {data.source}", f"- metric: `{data.metric}` ({data.mode})",
-             f"- trials: {len(data.trials)} (" + ", ".join(f"{n} {s}" for s, n in counts.items())
+             f"- trials: {len(data.trials)} (" + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "interrupted")
              + (f", {other} other" if other else "") + ")", "", "## Best trial", ""]
     if best is None:
         lines += ["No trial produced a finite metric; see the trials below and trials.csv.", ""]
