@@ -458,11 +458,11 @@ def markdown(data: StudyData, *, top: int = 5, problems: Sequence[str] = ()) -> 
     ranked = data.ranked()
     best = ranked[0] if ranked else None
     counts = {s: sum(t.status == s for t in data.trials) for s in TRIAL_STATUSES}
+    shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "interrupted")
     other = len(data.trials) - sum(counts.values())
     lines = [f"# Study report: {data.name}", "",
              f"- source: {data.source}", f"- metric: `{data.metric}` ({data.mode})",
-             f"- trials: {len(data.trials)} (" + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "interrupted")
-             + (f", {other} other" if other else "") + ")", "", "## Best trial", ""]
+             f"- trials: {len(data.trials)} ({shown}" + (f", {other} other" if other else "") + ")", "", "## Best trial", ""]
     if best is None:
         lines += ["No trial produced a finite metric; see the trials below and trials.csv.", ""]
     else:
