@@ -462,7 +462,8 @@ def markdown(data: StudyData, *, top: int = 5, problems: Sequence[str] = ()) -> 
     other = len(data.trials) - sum(counts.values())
     lines = [f"# Study report: {data.name}", "",
              f"- source: {data.source}", f"- metric: `{data.metric}` ({data.mode})",
-             f"- trials: {len(data.trials)} ({shown}" + (f", {other} other" if other else "") + ")", "", "## Best trial", ""]
+             f"- trials: {len(data.trials)} ({shown}" + (f", {other} other" if other else "") + ")", "",
+             "## Best trial", ""]
     if best is None:
         lines += ["No trial produced a finite metric; see the trials below and trials.csv.", ""]
     else:
