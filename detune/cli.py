@@ -1,8 +1,9 @@
 """The ``detune`` command line: parse, load config, call the library, turn errors into one message.
 
 Exit codes: 0 done, 1 a detune error (one message, no traceback unless --debug), 2 a usage error,
-130 interrupted (a study stays resumable). Results go to stdout; progress, warnings and errors to stderr;
-what Ultralytics, Ray and MLflow print goes to a ``detune.log`` unless --verbose.
+130 interrupted (a study stays resumable), 143 terminated by SIGTERM (the same clean stop as Ctrl-C).
+Results go to stdout; progress, warnings and errors to stderr; what Ultralytics, Ray and MLflow print
+goes to a ``detune.log`` unless --verbose.
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress: only
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Let Ultralytics and Ray print their own "
                                           "logs (default: into detune.log).")]
 INTERRUPTED = 130
+TERMINATED = 143  # 128 + SIGTERM, what shells and `timeout` report for a process SIGTERM ended
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``kill``, a scheduler) raised as a KeyboardInterrupt, so it takes Ctrl-C's path:
+    finally blocks run, the Ray that a study started is shut down with its workers, logs are moved."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -70,9 +81,11 @@ def _guard(fn: Callable[[], Any], debug: bool, *, interrupted: str = "interrupte
             return fn()
         except typer.Exit:
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             if debug:
                 raise
+            if isinstance(e, _Terminated):
+                _fail(interrupted.replace("interrupted", "terminated (SIGTERM)", 1), TERMINATED)
             _fail(interrupted, INTERRUPTED)
         except (DetuneError, ValueError, FileNotFoundError) as e:
             if debug:
@@ -127,9 +140,13 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+def _main(ctx: typer.Context,
+          version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print the version and exit.")] = False) -> None:
     """Learning-rate control and tuning for Ultralytics YOLO, logged to MLflow."""
+    if threading.current_thread() is threading.main_thread():  # every command: SIGTERM stops like Ctrl-C
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 # ---------------------------------------------------------------------------------------------------------
