@@ -48,7 +48,11 @@ class _Terminated(KeyboardInterrupt):
     finally blocks run, the Ray that a study started is shut down with its workers, logs are moved."""
 
 
+_SIGTERM = {"received": False}  # libraries may re-raise a KeyboardInterrupt of their own: remember the signal
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
+    _SIGTERM["received"] = True
     raise _Terminated
 
 
@@ -84,7 +88,7 @@ def _guard(fn: Callable[[], Any], debug: bool, *, interrupted: str = "interrupte
         except KeyboardInterrupt as e:
             if debug:
                 raise
-            if isinstance(e, _Terminated):
+            if isinstance(e, _Terminated) or _SIGTERM["received"]:
                 _fail(interrupted.replace("interrupted", "terminated (SIGTERM)", 1), TERMINATED)
             _fail(interrupted, INTERRUPTED)
         except (DetuneError, ValueError, FileNotFoundError) as e:
