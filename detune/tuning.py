@@ -479,7 +479,8 @@ def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str
 
     space = {k: _domain(d, _lr_suggestion(study, d, tcfg, parent_run_id)) for k, d in study.search_space.items()}
     scheduler = _scheduler(study)
-    search_alg = None if study.trial_scheduler == "pbt" else _search_alg(study, space)
+    # PBT too (random/grid only): a seeded variant generator makes its initial population reproducible
+    search_alg = _search_alg(study, space)
     return tune.Tuner(
         trainable,
         param_space=space,

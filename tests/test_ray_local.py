@@ -89,13 +89,13 @@ def test_local_study_listens_on_loopback_only_with_a_token_kept_in_detune_home(
 
 def test_trial_resources_the_local_cluster_never_has_fail_fast(tmp_path: Path, shapes_yaml: Path) -> None:
     started = time.monotonic()
+    cpus = os.cpu_count() or 1
     with pytest.raises(TuneError, match=r"resources_per_trial\.gpu \(1\).*0 GPUs.*gpu: 0") as err:
         tune(_study(tmp_path, shapes_yaml, resources_per_trial={"cpu": 1, "gpu": 1}), fit=_fake.fit)
-    assert "cluster" in str(err.value)
-    cpus = os.cpu_count() or 1
+    assert f"the local Ray has {cpus} CPUs and 0 GPUs" in str(err.value)  # what the machine has
     with pytest.raises(TuneError, match=rf"resources_per_trial\.cpu \({cpus + 3}\).*{cpus} CPUs"):
         tune(_study(tmp_path, shapes_yaml, name="t2", resources_per_trial={"cpu": cpus + 3}), fit=_fake.fit)
-    assert time.monotonic() - started < 120  # each starts Ray (~10 s under load), then stops at once
+    assert time.monotonic() - started < 240  # each starts Ray (5-40 s, more under load), then stops at once
     import ray
 
     assert not ray.is_initialized()
