@@ -8,6 +8,7 @@ goes to a ``detune.log`` unless --verbose.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,6 +55,21 @@ _SIGTERM = {"received": False}  # libraries may re-raise a KeyboardInterrupt of 
 def _on_sigterm(signum: int, frame: Any) -> None:
     _SIGTERM["received"] = True
     raise _Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """While inside, SIGTERM raises ``_Terminated`` (a KeyboardInterrupt); the previous handler is put back
+    after. Every command gets it (the app callback); ``scripts/tune.py`` wraps ``run_tune`` in it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _SIGTERM["received"] = False
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -148,9 +164,7 @@ def _main(ctx: typer.Context,
           version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print the version and exit.")] = False) -> None:
     """Learning-rate control and tuning for Ultralytics YOLO, logged to MLflow."""
-    if threading.current_thread() is threading.main_thread():  # every command: SIGTERM stops like Ctrl-C
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
-        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+    ctx.with_resource(sigterm_as_ctrl_c())  # every command: SIGTERM stops like Ctrl-C
 
 
 # ---------------------------------------------------------------------------------------------------------
