@@ -53,10 +53,14 @@ def test_asha_stops_bad_trials_early(tmp_path: Path, shapes_yaml: Path) -> None:
     assert result.best_yaml.is_file() and result.trials_csv.is_file()
 
 
-def test_pbt_exploit_copies_weights_and_changes_lr(tmp_path: Path, shapes_yaml: Path) -> None:
+def test_pbt_exploit_copies_weights_and_changes_lr(tmp_path: Path, shapes_yaml: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # Deterministic whatever the load: the seeded population (4 lr0 values, so 4 distinct fake scores) and
     # synchronous PBT (every trial waits at epoch 2 until all have reported) make the bottom half exploit the
     # top half at epoch 2 in every run; timing only decides when, never whether.
+    # Other programs filling this machine's memory must not decide either: Ray's OOM killer ended a trial at
+    # 96% memory used by other processes (measured), and synchronous PBT then waited forever.
+    monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "0")
     study = _study(tmp_path, shapes_yaml, trial_scheduler="pbt", num_samples=4, max_concurrent_trials=4,
                    trial_scheduler_params={"perturbation_interval": 2, "quantile_fraction": 0.5,
                                            "resample_probability": 0.5, "synch": True}, train={"epochs": 4},
