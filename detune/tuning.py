@@ -61,7 +61,8 @@ def _search_alg(study: StudyConfig, space: dict[str, Any]) -> Any:
     from ray.tune.search import BasicVariantGenerator
 
     params = dict(study.search_params)
-    baseline = baseline_point(study.search_space, study.train) if study.baseline_first else None
+    baseline = (baseline_point(study.search_space, study.train)
+                if study.baseline_first and study.trial_scheduler != "pbt" else None)
     if baseline is not None and study.search != "grid":
         params.setdefault("points_to_evaluate", [baseline])
     if study.search in ("random", "grid"):
