@@ -170,6 +170,7 @@ def test_study_on_a_token_protected_two_node_cluster(tmp_path: Path, shapes_yaml
 
         # a client without the token is refused, and detune says so within Ray's connect timeout
         wrong = {**env, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "nope"), "RAY_AUTH_TOKEN": "0" * 64}
+        wrong.pop("RAY_AUTH_MODE")  # detune's default (token) applies
         study_yaml = tmp_path / "study.yaml"
         import yaml
 
@@ -180,8 +181,8 @@ def test_study_on_a_token_protected_two_node_cluster(tmp_path: Path, shapes_yaml
         assert out.returncode == 1, out.stderr[-3000:]
         assert "error:" in out.stderr and "token" in out.stderr and address in out.stderr, out.stderr[-3000:]
 
-        # with the cluster's token, a study spreads its trials over both nodes
-        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        # with the cluster's token (and detune's default RAY_AUTH_MODE), a study spreads its trials over both nodes
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
         monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
         monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
         result = tune(_study(tmp_path, shapes_yaml, train={**_study(tmp_path, shapes_yaml)["train"], "epochs": 4}),
