@@ -179,7 +179,8 @@ def test_study_on_a_token_protected_two_node_cluster(tmp_path: Path, shapes_yaml
                               "--address", address], env=wrong, capture_output=True, text=True, timeout=180,
                              cwd=tmp_path)
         assert out.returncode == 1, out.stderr[-3000:]
-        assert "error:" in out.stderr and "token" in out.stderr and address in out.stderr, out.stderr[-3000:]
+        assert "error: could not start or join Ray" in out.stderr and address in out.stderr, out.stderr[-3000:]
+        assert "RAY_AUTH_MODE is 'token'" in out.stderr and "RAY_AUTH_TOKEN_PATH" in out.stderr  # the fix
 
         # with the cluster's token (and detune's default RAY_AUTH_MODE), a study spreads its trials over both nodes
         monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
