@@ -119,36 +119,11 @@ def _scheduler(study: StudyConfig) -> Any:
         mutations = {k: (list(d.args) if d.kind in ("choice", "grid") else _domain(d))
                      for k, d in study.search_space.items()}
         params = {"perturbation_interval": 1, **params}
-        return _pbt_class()(time_attr="training_iteration", hyperparam_mutations=mutations,
+        return schedulers.PopulationBasedTraining(time_attr="training_iteration", hyperparam_mutations=mutations,
                                                   **params)
     except TypeError as e:  # an unknown key in trial_scheduler_params
         raise TuneError(f"trial_scheduler_params ({study.trial_scheduler_params!r}) are invalid for "
                         f"{study.trial_scheduler}: {e}") from None
-
-
-def _pbt_class() -> Any:
-    from ray.tune.experiment import Trial
-    from ray.tune.schedulers import PopulationBasedTraining
-
-    class PBT(PopulationBasedTraining):  # type: ignore[misc]
-        """Ray 2.60's synchronous PBT (``synch: true``) pauses each trial at a perturbation point until every
-        live trial is there, and only a trial's result starts the perturbation: a trial that fails before it
-        leaves the others paused forever (measured). When nothing runs and every trial left waits there,
-        resume them without that perturbation."""
-
-        def choose_trial_to_run(self, tune_controller: Any) -> Any:
-            trial = super().choose_trial_to_run(tune_controller)
-            if trial is not None or not self._synch:
-                return trial
-            trials = tune_controller.get_trials()
-            paused = [t for t in trials if t.status == Trial.PAUSED]
-            if not paused or any(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials):
-                return None
-            self._next_perturbation_sync = (max(self._trial_state[t].last_train_time for t in paused)
-                                            + self._perturbation_interval)
-            return super().choose_trial_to_run(tune_controller)
-
-    return PBT
 
 
 # ---------------------------------------------------------------------------------------------------------
