@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,9 @@ _ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",  # else Ray warns and writes ~/.ray/auth_token
+    # Ray's token auth on: with it off, gcs_server, raylet and the dashboard/jobs API run code for any caller
+    # that reaches them. A local Ray's token lives under detune's home (local_ray_auth), never in ~/.ray.
+    "RAY_AUTH_MODE": "token",
     "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 the new output engine still prints tables to stdout
     "DO_NOT_TRACK": "1",
     "HF_HUB_OFFLINE": "1",
@@ -94,6 +97,32 @@ def prepare(*, verbose: bool = False) -> Path:
             os.environ.setdefault(key, value)
         quiet_loggers()
     return config_dir
+
+
+def local_ray_auth() -> Path | None:
+    """Token auth for a Ray that detune starts on this machine; returns the token file it uses.
+
+    Ray 2.60 would generate a missing token into ``~/.ray/auth_token`` (whatever ``RAY_AUTH_TOKEN_PATH``
+    says), so detune keeps its own, created once (0600) under ``home()/ray``, and points
+    ``RAY_AUTH_TOKEN_PATH`` at it. A token the user gave (``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``) is
+    used as is; ``RAY_AUTH_MODE=disabled`` set by the user turns it off (returns None).
+    """
+    if os.environ.setdefault("RAY_AUTH_MODE", "token").lower() != "token":
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+    path = home() / "ray" / "auth_token"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))  # 256 bits, as Ray's own generator
+        tmp.replace(path)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    return path
 
 
 def quiet_loggers() -> None:

@@ -1,8 +1,9 @@
 """The ``detune`` command line: parse, load config, call the library, turn errors into one message.
 
 Exit codes: 0 done, 1 a detune error (one message, no traceback unless --debug), 2 a usage error,
-130 interrupted (a study stays resumable). Results go to stdout; progress, warnings and errors to stderr;
-what Ultralytics, Ray and MLflow print goes to a ``detune.log`` unless --verbose.
+130 interrupted (a study stays resumable), 143 terminated by SIGTERM (the same clean stop as Ctrl-C).
+Results go to stdout; progress, warnings and errors to stderr; what Ultralytics, Ray and MLflow print
+goes to a ``detune.log`` unless --verbose.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,6 +43,35 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Let Ultralyti
                                           "logs (default: into detune.log).")]
 INTERRUPTED = 130
 BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout's reader is gone
+TERMINATED = 143  # 128 + SIGTERM, what shells and `timeout` report for a process SIGTERM ended
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``kill``, a scheduler) raised as a KeyboardInterrupt, so it takes Ctrl-C's path:
+    finally blocks run, the Ray that a study started is shut down with its workers, logs are moved."""
+
+
+_SIGTERM = {"received": False}  # libraries may re-raise a KeyboardInterrupt of their own: remember the signal
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _SIGTERM["received"] = True
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """While inside, SIGTERM raises ``_Terminated`` (a KeyboardInterrupt); the previous handler is put back
+    after. Every command gets it (the app callback); ``scripts/tune.py`` wraps ``run_tune`` in it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _SIGTERM["received"] = False
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -73,9 +103,11 @@ def _guard(fn: Callable[[], Any], debug: bool, *, interrupted: str = "interrupte
             return fn()
         except typer.Exit:
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             if debug:
                 raise
+            if isinstance(e, _Terminated) or _SIGTERM["received"]:
+                _fail(interrupted.replace("interrupted", "terminated (SIGTERM)", 1), TERMINATED)
             _fail(interrupted, INTERRUPTED)
         except (DetuneError, ValueError, FileNotFoundError) as e:
             if debug:
@@ -139,9 +171,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+def _main(ctx: typer.Context,
+          version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print the version and exit.")] = False) -> None:
     """Learning-rate control and tuning for Ultralytics YOLO, logged to MLflow."""
+    ctx.with_resource(sigterm_as_ctrl_c())  # every command: SIGTERM stops like Ctrl-C
 
 
 # ---------------------------------------------------------------------------------------------------------

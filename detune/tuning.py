@@ -10,15 +10,18 @@ the children of trials the scheduler stopped.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +69,8 @@ def _search_alg(study: StudyConfig, space: dict[str, Any]) -> Any:
     from ray.tune.search import BasicVariantGenerator
 
     params = dict(study.search_params)
-    baseline = baseline_point(study.search_space, study.train) if study.baseline_first else None
+    baseline = (baseline_point(study.search_space, study.train)
+                if study.baseline_first and study.trial_scheduler != "pbt" else None)
     if baseline is not None and study.search != "grid":
         params.setdefault("points_to_evaluate", [baseline])
     if study.search in ("random", "grid"):
@@ -492,14 +496,10 @@ def _run_ray(study: StudyConfig, payload: dict[str, Any], *, resume: bool, addre
 
     started = False
     if not ray.is_initialized():
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=study.train.verbose,
-                     logging_level="ERROR", configure_logging=True)
-        except Exception as e:  # noqa: BLE001 - connection errors come in many types
-            raise TuneError(f"could not start or join Ray (address={address!r}): {e}; check the address, or "
-                            "omit --address for a local Ray") from e
+        _start_ray(study, address)
         started = True
     try:
+        _check_resources(study, address)
         trainable = tune.with_resources(tune.with_parameters(_trainable, payload=payload),
                                         {"cpu": study.resources_per_trial["cpu"],
                                          "gpu": study.resources_per_trial["gpu"]})
@@ -519,12 +519,117 @@ def _run_ray(study: StudyConfig, payload: dict[str, Any], *, resume: bool, addre
             ray.shutdown()
 
 
+def _start_ray(study: StudyConfig, address: str | None) -> None:
+    """Start a local Ray (loopback only, token auth, no dashboard) or join the cluster at ``address``."""
+    import ray
+
+    if address is None:
+        _runtime.local_ray_auth()
+    _reload_ray_auth()
+    try:
+        with _loopback_only(address is None), _keep_sigterm_handler():
+            ray.init(address=address, include_dashboard=False, log_to_driver=study.train.verbose,
+                     logging_level="ERROR", configure_logging=True,
+                     **({"_node_ip_address": "127.0.0.1"} if address is None else {}))
+    except Exception as e:  # noqa: BLE001 - connection errors come in many types
+        auth = os.environ.get("RAY_AUTH_MODE", "token")
+        raise TuneError(f"could not start or join Ray (address={address!r}): {e}; check the address, or omit "
+                        f"--address for a local Ray. RAY_AUTH_MODE is {auth!r}: a cluster started with token "
+                        "auth refuses a client without its token; give this machine the cluster's token with "
+                        "RAY_AUTH_TOKEN_PATH=<file> (or RAY_AUTH_TOKEN)") from e
+
+
+def _reload_ray_auth() -> None:
+    """Ray caches its auth mode and token per process: re-read them, since a local study and a cluster
+    study in one process use different tokens."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except (ImportError, AttributeError):  # another Ray version: its own defaults apply
+        pass
+
+
+@contextlib.contextmanager
+def _loopback_only(local: bool) -> Iterator[None]:
+    """Bind a local Ray to 127.0.0.1. Ray 2.60's gcs_server, raylet and workers listen on all interfaces
+    unless the node IP is 127.0.0.1, and ``ray.init`` turns ``_node_ip_address="127.0.0.1"`` into the
+    machine's outward IP unless its single-machine mode (the one it uses on macOS and Windows,
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) is on: switch that on while the local node starts (measured
+    with ``ss -ltnp``: every socket of the Ray tree then on 127.0.0.1). Joining a cluster is unchanged."""
+    if not local:
+        yield
+        return
+    from ray._private import ray_constants
+
+    var = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(var)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ[var] = "0"  # for the processes the node starts
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved[0]
+        if saved[1] is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = saved[1]
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` replaces the SIGTERM handler with one that kills Ray's processes and exits at once,
+    skipping the study's own cleanup; a handler the caller installed (the CLI's: SIGTERM takes Ctrl-C's
+    path) is put back. With none, Ray's stays."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and callable(previous):
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _check_resources(study: StudyConfig, address: str | None) -> None:
+    """Refuse a study whose trial no node of the cluster can ever hold: Ray would wait for it forever.
+
+    An autoscaling cluster (started by Ray's cluster launcher: ``~/ray_bootstrap_config.yaml`` on the head,
+    the test Ray Tune itself uses) may still add such a node: there it is a warning."""
+    import ray
+
+    cpu, gpu = float(study.resources_per_trial["cpu"]), float(study.resources_per_trial["gpu"])
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= cpu and r.get("GPU", 0) >= gpu for r in nodes):
+        return
+    total = ray.cluster_resources()
+    where = "the local Ray" if address is None else f"the Ray cluster at {address}"
+    have = (f"{where} has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs on {len(nodes)} "
+            f"node(s), at most {max((r.get('CPU', 0) for r in nodes), default=0):g} CPUs and "
+            f"{max((r.get('GPU', 0) for r in nodes), default=0):g} GPUs on one")
+    if not any(r.get("GPU", 0) >= gpu for r in nodes):
+        msg = (f"resources_per_trial.gpu ({gpu:g}) can never be met: {have}; set resources_per_trial: "
+               "{gpu: 0} to train on CPU, or run the study where GPUs are (--address of a cluster with GPUs)")
+    else:
+        best = max((r.get("CPU", 0) for r in nodes if r.get("GPU", 0) >= gpu), default=0)
+        msg = (f"resources_per_trial.cpu ({cpu:g}) can never be met: {have}; lower resources_per_trial.cpu "
+               f"to {best:g} or less")
+    if address is not None and Path("~/ray_bootstrap_config.yaml").expanduser().exists():
+        from detune.config import DetuneWarning
+
+        warnings.warn(f"{msg} (waiting: this autoscaling cluster may add such a node)", DetuneWarning,
+                      stacklevel=3)
+        return
+    raise TuneError(msg + " (a trial would wait for them forever)")
+
+
 def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str | None) -> Any:
     from ray import tune
 
     space = {k: _domain(d, _lr_suggestion(study, d, tcfg, parent_run_id)) for k, d in study.search_space.items()}
     scheduler = _scheduler(study)
-    search_alg = None if study.trial_scheduler == "pbt" else _search_alg(study, space)
+    # PBT too (random/grid only): a seeded variant generator makes its initial population reproducible
+    search_alg = _search_alg(study, space)
     return tune.Tuner(
         trainable,
         param_space=space,

@@ -20,9 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="study overrides, e.g. num_samples=8")
     args = parser.parse_args(argv)
 
-    from detune.cli import run_tune
+    from detune.cli import run_tune, sigterm_as_ctrl_c
 
-    return run_tune(args.config, args.overrides, resume=args.resume, address=args.address, debug=args.debug)
+    with sigterm_as_ctrl_c():  # SIGTERM stops the study like Ctrl-C: its Ray shut down, exit code 143
+        return run_tune(args.config, args.overrides, resume=args.resume, address=args.address, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -53,17 +53,37 @@ def test_asha_stops_bad_trials_early(tmp_path: Path, shapes_yaml: Path) -> None:
     assert result.best_yaml.is_file() and result.trials_csv.is_file()
 
 
-def test_pbt_exploit_copies_weights_and_changes_lr(tmp_path: Path, shapes_yaml: Path) -> None:
+def test_pbt_exploit_copies_weights_and_changes_lr(tmp_path: Path, shapes_yaml: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Deterministic whatever the load: the seeded population (4 lr0 values, so 4 distinct fake scores) and
+    # synchronous PBT (every trial waits at epoch 2 until all have reported) make the bottom half exploit the
+    # top half at epoch 2 in every run; timing only decides when, never whether.
+    # Other programs filling this machine's memory must not decide either: Ray's OOM killer ended a trial at
+    # 96% memory used by other processes (measured), and synchronous PBT then waited forever.
+    monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "0")
     study = _study(tmp_path, shapes_yaml, trial_scheduler="pbt", num_samples=4, max_concurrent_trials=4,
                    trial_scheduler_params={"perturbation_interval": 2, "quantile_fraction": 0.5,
                                            "resample_probability": 0.5, "synch": True}, train={"epochs": 4},
                    search_space={"lr0": {"loguniform": [1.0e-5, 1.0e-1]}},
                    resources_per_trial={"cpu": 0.5})
     result = tune(study, fit=_fake.fit)
+    assert [t["status"] for t in result.trials] == ["completed"] * 4, result.trials
+    first = {r.metrics_dataframe["detune_trial_id"].iloc[0]: r.metrics_dataframe["lr/pg0"].iloc[0]
+             for r in result.result_grid}
+    again = tune({**study, "name": "again", "output_dir": str(tmp_path / "again"),  # 1 epoch: population only
+                  "train": {**study["train"], "epochs": 1}}, fit=_fake.fit)
+    assert sorted(first.values()) == sorted(r.metrics_dataframe["lr/pg0"].iloc[0] for r in again.result_grid)
+    assert len(set(first.values())) == 4  # the seeded population, the same in every run
     frames = [r.metrics_dataframe for r in result.result_grid]
     exploits = [row for f in frames for row in f.to_dict("records")
                 if row.get("detune_restored_from") and row["detune_restored_from"] != row["detune_trial_id"]]
     assert exploits, "PBT performed no exploit"
+    ranked = sorted(first, key=lambda t: _fake.score(first[t], 2))
+    exploiters = {row["detune_trial_id"] for row in exploits}
+    assert exploiters == set(ranked[:2])  # exactly the bottom half, as synchronous PBT decides
+    assert {row["detune_restored_from"] for row in exploits} <= set(ranked[2:])  # from the top half
+    for row in exploits:  # continued from the donor's epoch, not from its own
+        assert row["epoch"] >= 3
     # the exploiting trial continued from the donor's epoch with a different lr
     for frame in frames:
         lrs = frame["lr/pg0"].tolist()
@@ -92,6 +112,10 @@ def test_gpu_trials_get_distinct_gpus_on_a_simulated_two_node_cluster(tmp_path: 
     import ray
     from ray.cluster_utils import Cluster
 
+    from detune import _runtime
+
+    _runtime.prepare()
+    _runtime.local_ray_auth()  # the simulated cluster uses detune's token (else Ray writes ~/.ray/auth_token)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 2})
     cluster.add_node(num_cpus=1, num_gpus=2)
     try:
