@@ -193,7 +193,7 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
 
     writable_dir(cfg.project, field="project")  # before the LR finder, the dataset check and any run folder
     track = resolve_tracking(cfg.tracking if tracking is None else tracking)
-    clamped = _check_before_compute(cfg)  # ConfigError for a device this machine lacks; the warmup note
+    clamped = _check_before_compute(cfg, device=fit is None)  # a GPU this machine lacks; the warmup note
     finder = None
     if cfg.lr0 == "auto":  # resolved first: params, effective_lr0 and the adapter only ever see a number
         from detune.lr_finder import resolve_auto_lr0
@@ -234,13 +234,15 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
     return result
 
 
-def _check_before_compute(cfg: TrainConfig) -> dict[str, float] | None:
-    """Raise ``ConfigError`` for a GPU (or MPS) device torch cannot see here, before any data or model work.
+def _check_before_compute(cfg: TrainConfig, *, device: bool = True) -> dict[str, float] | None:
+    """Raise ``ConfigError`` for a GPU (or MPS) device torch cannot see here, before any data or model work
+    (``device``: the Ultralytics adapter trains; another ``fit``, such as the fake, uses no device).
     An unset warmup_epochs is Ultralytics' 3.0, which YOLO.train shortens to epochs - 1: say so once (a
     DetuneWarning) and return ``cfg.warmup_clamped`` for ``result.info``."""
-    from detune.adapters.ultralytics import check_device
+    if device:
+        from detune.adapters.ultralytics import check_device
 
-    check_device(cfg.device)
+        check_device(cfg.device)
     clamped = cfg.warmup_clamped
     if clamped:
         import warnings

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from detune import _fake
+from detune import _fake, tuning
 from detune.errors import ConfigError
 from detune.study import load_study
 from detune.tuning import tune
@@ -116,6 +116,7 @@ def test_gpu_trials_get_distinct_gpus_on_a_simulated_two_node_cluster(tmp_path: 
 
     _runtime.prepare()
     _runtime.local_ray_auth()  # the simulated cluster uses detune's token (else Ray writes ~/.ray/auth_token)
+    tuning._reload_ray_auth()  # Ray cached its auth mode when this test imported it, before prepare()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 2})
     cluster.add_node(num_cpus=1, num_gpus=2)
     try:
