@@ -26,6 +26,7 @@ import logging
 import os
 import posixpath
 import re
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -107,11 +108,23 @@ def _as_tracking_error(cfg: TrackingConfig, what: str) -> Iterator[None]:
                             f"check that the store is reachable and writable, {_FIX}") from e
 
 
+def _initialized(db: Path) -> bool:
+    """True when the sqlite file already has MLflow's schema (an ``alembic_version`` row)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True,
+                                                timeout=1.0)) as con:
+            return con.execute("SELECT 1 FROM alembic_version LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
 @contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """Hold ``<db>.lock`` (flock) for a local sqlite store: MLflow creates a fresh DB's tables on first open,
     and two processes doing that at once crash one of them ("duplicate column name", "Online migration
-    expected to match one row"). Other stores, and a DB whose folder does not exist yet, need no lock."""
+    expected to match one row"). The process that may create the schema holds the lock exclusively; openers
+    of an initialized DB share it (they only wait while a creation runs), so many trials opening the same
+    store at once are not serialized. Other stores, and a DB whose folder does not exist yet, need no lock."""
     path = local_path(uri) if uri.startswith("sqlite:") else None
     if path is None or not path.parent.is_dir():
         yield
@@ -123,10 +136,11 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
         return
     try:
+        mode = fcntl.LOCK_SH if _initialized(path) else fcntl.LOCK_EX
         deadline = time.monotonic() + LOCK_TIMEOUT
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:

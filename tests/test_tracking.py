@@ -631,3 +631,22 @@ def test_two_processes_create_the_same_fresh_sqlite_store(tmp_path: Path) -> Non
         assert not errors, errors
         ids = {out.strip().splitlines()[-1] for out, _ in outs}
         assert len(ids) == 1, outs
+
+
+def test_openers_of_an_initialized_sqlite_store_share_its_lock(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the creation of a store's schema is exclusive: eight trials opening the study's (initialized)
+    store at once must not wait for each other (under load they did, past the lock's timeout)."""
+    import fcntl
+
+    monkeypatch.setattr(tracking, "LOCK_TIMEOUT", 0.5)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lock = tmp_path / "mlflow.db.lock"
+    with open(lock, "w") as held:  # another process creating the schema
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(TrackingError, match="stayed locked by another process"):
+            tracking._client(uri)
+    tracking.prepare_store(TrackingConfig(uri=uri, experiment="shared"))
+    with open(lock, "w") as held:  # another process opening the initialized store
+        fcntl.flock(held, fcntl.LOCK_SH)
+        assert tracking._client(uri).get_experiment_by_name("shared") is not None
