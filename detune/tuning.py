@@ -129,8 +129,8 @@ def _scheduler(study: StudyConfig) -> Any:
         mutations = {k: (list(d.args) if d.kind in ("choice", "grid") else _domain(d))
                      for k, d in study.search_space.items()}
         params = {"perturbation_interval": 1, **params}
-        return schedulers.PopulationBasedTraining(time_attr="training_iteration", hyperparam_mutations=mutations,
-                                                  **params)
+        return _FinishLastEpoch.wrap(schedulers.PopulationBasedTraining, study.train.epochs, skip_last=True)(
+            time_attr="training_iteration", hyperparam_mutations=mutations, **params)
     except TypeError as e:  # an unknown key in trial_scheduler_params
         raise TuneError(f"trial_scheduler_params ({study.trial_scheduler_params!r}) are invalid for "
                         f"{study.trial_scheduler}: {e}") from None
@@ -212,18 +212,24 @@ def check_study(study: StudyConfig) -> None:
 
 
 class _FinishLastEpoch:
-    """An asynchronous scheduler that never stops a trial on the result of its last epoch: ASHA puts a rung
-    at the last epoch whenever grace_period * reduction_factor**k equals ``epochs`` (2, 4, 8 for 8 epochs),
-    and a STOP there killed a trial that had trained every epoch while it closed its MLflow run (child run
-    "stopped", trials.csv "completed"). The trial ends by itself right after that result anyway."""
+    """A scheduler that never stops or pauses a trial on the result of its last epoch; the trial ends by
+    itself right after that result anyway.
+    - ASHA puts a rung at the last epoch whenever grace_period * reduction_factor**k equals ``epochs`` (2, 4,
+      8 for 8 epochs), and a STOP there killed a trial that had trained every epoch while it closed its MLflow
+      run (child run "stopped", trials.csv "completed").
+    - PBT is not consulted at all on the last epoch (``skip_last``): a perturbation there has nothing left to
+      train, and synchronous PBT paused trials at that barrier and exploited them from a donor's final
+      checkpoint; Ray then restored each one's result.json from an older copy, so the trial lost epochs from
+      its history and was reported "stopped"."""
 
     @staticmethod
-    def wrap(cls: Any, epochs: int) -> Any:
+    def wrap(cls: Any, epochs: int, *, skip_last: bool = False) -> Any:
         def on_trial_result(self: Any, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-            decision = cls.on_trial_result(self, tune_controller, trial, result)
-            if decision == cls.STOP and result.get("training_iteration", 0) >= epochs:
+            last = result.get("training_iteration", 0) >= epochs
+            if last and skip_last:
                 return str(cls.CONTINUE)
-            return str(decision)
+            decision = cls.on_trial_result(self, tune_controller, trial, result)
+            return str(cls.CONTINUE) if last and decision == cls.STOP else str(decision)
 
         # a subclass made here is pickled by value (cloudpickle) into the experiment, so --resume restores it
         return type(cls.__name__, (cls,), {"on_trial_result": on_trial_result})
