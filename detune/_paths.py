@@ -48,6 +48,28 @@ def _check(target: Path, given: Path, field: str, error: type[DetuneError]) -> N
                     f"write, or fix the permissions of {existing}") from e
 
 
+def first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what writing under it creates), or None."""
+    path = Path(os.path.abspath(path))
+    missing = None
+    while not path.exists() and path != path.parent:
+        missing, path = path, path.parent
+    return missing
+
+
+def remove_empty(file: Path, created: Path | None) -> None:
+    """Delete ``file``, then its folders up to ``created`` (from ``first_missing``) while they are empty."""
+    file.unlink(missing_ok=True)
+    if created is None:
+        return
+    folder = file.parent
+    while folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        if folder == created:
+            break
+        folder = folder.parent
+
+
 def writable_file(path: str | os.PathLike[str], *, field: str, kind: str = "file",
                   error: type[DetuneError] = ConfigError) -> Path:
     """The absolute ``path`` of a ``kind`` file to write (e.g. "a .png file"): its folder as ``writable_dir``

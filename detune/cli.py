@@ -193,7 +193,7 @@ def train(config: ConfigArg = None, overrides: Overrides = None, as_json: JsonOp
       detune train data=../shared/datasets/coco128.yaml imgsz=320 scheduler=cosine_restarts --json
     """
     from detune import training
-    from detune._paths import writable_dir
+    from detune._paths import first_missing, remove_empty, writable_dir
     from detune._progress import TrainDisplay, capture, move_log, train_summary
     from detune.config import load_config
 
@@ -205,6 +205,7 @@ def train(config: ConfigArg = None, overrides: Overrides = None, as_json: JsonOp
     _guard(lambda: writable_dir(cfg.project, field="project"), debug)  # the log below is opened in project
     display = TrainDisplay(term, epochs=cfg.epochs)
     temp_log = Path(cfg.project) / f".detune-{os.getpid()}.log"
+    created = first_missing(Path(cfg.project))  # removed again when a check refuses the run before compute
     state: dict[str, Any] = {}
 
     def run() -> Any:
@@ -212,10 +213,16 @@ def train(config: ConfigArg = None, overrides: Overrides = None, as_json: JsonOp
             with capture(temp_log, verbose=verbose), display, _warn_now(term):
                 state["result"] = training.run(cfg, observers=[display])
             return state["result"]
+        except DetuneError:
+            state["refused"] = True
+            raise
         finally:
             result = state.get("result")
             folder = result.save_dir if result is not None else display.save_dir
-            state["log"] = None if verbose else move_log(temp_log, folder or Path(cfg.project))
+            if folder is None and state.get("refused"):  # nothing ran: leave nothing behind
+                remove_empty(temp_log, created)
+            elif not verbose:
+                state["log"] = move_log(temp_log, folder or Path(cfg.project))
 
     result = _guard(run, debug)
     try:
@@ -427,7 +434,7 @@ def lr_find(config: ConfigArg = None, overrides: Overrides = None,
       detune lr-find data=shapes imgsz=64 batch=8 min_lr=1e-5 max_lr=1 --out lr.png
     """
     from detune._lr_suggest import METHODS
-    from detune._paths import writable_dir, writable_file
+    from detune._paths import first_missing, remove_empty, writable_dir, writable_file
     from detune._progress import FinderDisplay, capture, finder_summary
 
     term = _terminal(quiet, verbose)
@@ -439,6 +446,7 @@ def lr_find(config: ConfigArg = None, overrides: Overrides = None,
         cfg.project, field="project"), debug)  # the plot and detune.log go there: checked before the sweep
     display = FinderDisplay(term, num_iters=settings.num_iters)
     log = plot.parent / "detune.log"
+    created = first_missing(plot.parent)  # removed again when a check refuses the sweep before compute
 
     def run() -> Any:
         from detune.adapters import ultralytics as adapter
@@ -448,8 +456,13 @@ def lr_find(config: ConfigArg = None, overrides: Overrides = None,
             wrapped = display.wrap_probe(probe) if probe is not None else None
             return adapter.fit(cfg, data, observer=_Both(observer, display), probe=wrapped, **kw)
 
-        with capture(log, verbose=verbose), display:
-            return range_test(cfg, settings, fit=fit)
+        try:
+            with capture(log, verbose=verbose), display:
+                return range_test(cfg, settings, fit=fit)
+        except DetuneError:
+            if math.isnan(display.lr):  # no step swept: nothing to keep
+                remove_empty(log, created)
+            raise
 
     result = _guard(run, debug)
     path = _guard(lambda: result.plot(plot, method=method), debug)

@@ -82,6 +82,28 @@ def test_train_project_in_a_read_only_folder_is_one_clear_error(tmp_path: Path, 
     assert "unexpected" not in result.output
 
 
+def test_train_refused_before_compute_leaves_no_project_folder(tmp_path: Path, shapes_yaml: Path) -> None:
+    """A check that fails before any compute (here a GPU device on a machine without one) leaves nothing:
+    no project folder, no detune.log (it used to leave <project>/detune.log behind)."""
+    import torch
+
+    if torch.cuda.device_count():
+        pytest.skip("this machine has a GPU")
+    args = [a for a in train_args(tmp_path, shapes_yaml, tmp_path / "new" / "runs") if a != "device=cpu"]
+    result = invoke("train", *args, "device=cuda:0")
+    assert result.exit_code == 1, result.output
+    assert "sees 0 GPUs" in result.output
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()  # a project folder that existed stays, without a log in it
+    args = [a for a in train_args(tmp_path, shapes_yaml, tmp_path / "kept") if a != "device=cpu"]
+    assert invoke("train", *args, "device=cuda:0").exit_code == 1
+    assert list((tmp_path / "kept").iterdir()) == []
+    finder = invoke("lr-find", f"data={shapes_yaml}", "imgsz=32", "batch=8", "device=cuda:0",
+                    f"project={tmp_path / 'lr' / 'runs'}")
+    assert finder.exit_code == 1 and "sees 0 GPUs" in finder.output, finder.output
+    assert not (tmp_path / "lr").exists()
+
+
 def test_library_train_refuses_an_impossible_project_before_any_compute(tmp_path: Path, shapes_yaml: Path,
                                                                         a_file: Path) -> None:
     with pytest.raises(ConfigError, match=rf"project \({a_file}/x\): {a_file} is a file, not a folder"):
