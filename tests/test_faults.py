@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -117,43 +116,6 @@ def test_disk_full_leaves_no_partial_best_yaml(tmp_path: Path, monkeypatch: pyte
         study_files.write_atomic(target, "model: yolo11n.yaml\n" * 10)
     monkeypatch.undo()
     assert not target.exists() and list(tmp_path.iterdir()) == []
-
-
-SIGINT_DRIVER = textwrap.dedent(
-    """
-    import sys
-    from detune import _fake
-    from detune.tuning import tune
-    study = {"name": "sig", "output_dir": sys.argv[1] + "/out",
-             "train": {"data": sys.argv[2], "epochs": 3, "device": "cpu", "imgsz": 32, "warmup_epochs": 0.0},
-             "search_space": {"lr0": {"grid": [0.001, 0.01, 0.02]}}, "search": "grid",
-             "trial_scheduler": "fifo", "num_samples": 1, "max_concurrent_trials": 1,
-             "tracking": "sqlite:///" + sys.argv[1] + "/mlflow.db"}
-    result = tune(study, resume=len(sys.argv) > 3, fit=_fake.fit)
-    print(sorted(t["status"] for t in result.trials))
-    """
-)
-
-
-def test_sigint_mid_study_then_resume_completes(tmp_path: Path, shapes_yaml: Path) -> None:
-    script = tmp_path / "driver.py"
-    script.write_text(SIGINT_DRIVER)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    driver = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(shapes_yaml)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    experiment = tmp_path / "out" / "ray" / "sig"
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(experiment.glob("*/checkpoint_*")):
-        assert driver.poll() is None, driver.stderr.read()[-2000:]
-        time.sleep(0.2)
-    driver.send_signal(signal.SIGINT)
-    driver.communicate(timeout=300)
-    out = subprocess.run([sys.executable, str(script), str(tmp_path), str(shapes_yaml), "resume"], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == str(["completed"] * 3)
-    children = [r for r in _runs(f"sqlite:///{tmp_path / 'mlflow.db'}") if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 3 and len({r.data.tags["detune.trial_id"] for r in children}) == 3
 
 
 # ---- untrusted checkpoints ------------------------------------------------------------------------------

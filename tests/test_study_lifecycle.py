@@ -201,6 +201,7 @@ def test_second_study_is_refused_and_sigint_closes_the_study_killed_then_resume_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = _assert_mlflow_agrees_with_trials_csv(tmp_path, out)
     assert [r["status"] for r in rows] == ["completed", "completed"]
-    parents, _ = _runs(tmp_path)
+    parents, children = _runs(tmp_path)
+    assert sorted(c.data.tags["detune.trial_id"] for c in children) == sorted(r["trial_id"] for r in rows)
     assert [(p.info.status, p.data.tags["detune.status"]) for p in parents] == [("FINISHED", "completed")]
     assert json.loads((out / "study.json").read_text())["parent_run_id"] == parents[0].info.run_id
