@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,30 @@ def tiny(tmp_path: Path, shapes_yaml: Path) -> dict[str, object]:
     return {"model": "yolo11n.yaml", "data": str(shapes_yaml), "epochs": 2, "batch": 8, "nbs": 8, "imgsz": 64,
             "device": "cpu", "workers": 0, "plots": False, "project": str(tmp_path / "runs"), "name": "t",
             "warmup_epochs": 0.0, "mosaic": 0.0, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def _module_ray() -> Iterator[None]:
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.fixture
+def local_ray(_module_ray: None, tmp_path: Path, shapes_yaml: Path) -> None:
+    """One local Ray, started as detune starts it (loopback, token), shared by the studies of a module that
+    asks for it: tune() uses a running Ray as it is, and a start and shutdown cost ~5 s a study. A later test
+    that needs Ray stopped calls ray.shutdown(). Ray's memory monitor is off: other programs filling this
+    machine's memory must not kill a trial (synchronous PBT then waits forever)."""
+    import ray
+
+    from detune import tuning
+    from detune.study import load_study
+
+    if not ray.is_initialized():
+        study = load_study({"name": "ray", "output_dir": str(tmp_path / "ray"), "train": {"data": str(shapes_yaml)},
+                            "search_space": {"lr0": {"grid": [0.01]}}, "tracking": False})
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("RAY_memory_monitor_refresh_ms", "0")
+            tuning._start_ray(study, None)

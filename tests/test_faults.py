@@ -46,6 +46,7 @@ def test_unknown_search_and_trial_scheduler_fail_before_compute(tmp_path: Path, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_diverged_and_failed_trials_are_tagged_in_mlflow_and_the_study_goes_on(tmp_path: Path,
                                                                              shapes_yaml: Path) -> None:
     result = tune(_study(tmp_path, shapes_yaml), fit=_fake.fit)
@@ -60,6 +61,7 @@ def test_diverged_and_failed_trials_are_tagged_in_mlflow_and_the_study_goes_on(t
     assert by_status["completed"].info.status == "FINISHED"
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_eight_concurrent_trials_lose_no_metric_point(tmp_path: Path, shapes_yaml: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The default local store (sqlite in the working directory) with 8 trials logging at once."""

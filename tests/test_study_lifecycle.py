@@ -65,6 +65,7 @@ def _assert_mlflow_agrees_with_trials_csv(tmp_path: Path, out: Path) -> list[dic
 
 
 # ---- MLflow truth: ASHA with reused workers --------------------------------------------------------------------
+@pytest.mark.usefixtures("local_ray")
 @pytest.mark.parametrize("attempt", [1, 2, 3])
 def test_every_trial_run_agrees_with_trials_csv_in_an_asha_study_with_reused_workers(
         tmp_path: Path, shapes_yaml: Path, attempt: int) -> None:
@@ -84,6 +85,7 @@ def test_every_trial_run_agrees_with_trials_csv_in_an_asha_study_with_reused_wor
     assert [(p.info.status, p.data.tags["detune.status"]) for p in parents] == [("FINISHED", "completed")]
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_every_trial_run_agrees_with_trials_csv_in_a_real_asha_study(tmp_path: Path, shapes_yaml: Path) -> None:
     """Real Ultralytics trainings, scored on the validation loss so that ASHA really stops trials."""
     study = _study(tmp_path, shapes_yaml, trial_scheduler="asha", search="grid", num_samples=1,
@@ -100,6 +102,9 @@ def test_every_trial_run_agrees_with_trials_csv_in_a_real_asha_study(tmp_path: P
 # ---- studies that end before their trials -------------------------------------------------------------------------
 def test_a_study_whose_ray_cannot_start_closes_its_parent_failed_and_does_not_block_the_rerun(
         tmp_path: Path, shapes_yaml: Path) -> None:
+    import ray
+
+    ray.shutdown()  # the shared local Ray of the tests above: this study must start (and fail to join) its own
     study = _study(tmp_path, shapes_yaml)
     with pytest.raises(TuneError, match="could not start or join Ray"):
         tune(study, address="localhost:notaport", fit=_fake.fit)

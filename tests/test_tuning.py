@@ -34,6 +34,7 @@ def _rows(result) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_asha_stops_bad_trials_early(tmp_path: Path, shapes_yaml: Path) -> None:
     study = _study(tmp_path, shapes_yaml, trial_scheduler="asha",
                    search_space={"lr0": {"grid": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]}},
@@ -53,14 +54,12 @@ def test_asha_stops_bad_trials_early(tmp_path: Path, shapes_yaml: Path) -> None:
     assert result.best_yaml.is_file() and result.trials_csv.is_file()
 
 
-def test_pbt_exploit_copies_weights_and_changes_lr(tmp_path: Path, shapes_yaml: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("local_ray")
+def test_pbt_exploit_copies_weights_and_changes_lr(tmp_path: Path, shapes_yaml: Path) -> None:
     # Deterministic whatever the load: the seeded population (4 lr0 values, so 4 distinct fake scores) and
     # synchronous PBT (every trial waits at epoch 2 until all have reported) make the bottom half exploit the
-    # top half at epoch 2 in every run; timing only decides when, never whether.
-    # Other programs filling this machine's memory must not decide either: Ray's OOM killer ended a trial at
-    # 96% memory used by other processes (measured), and synchronous PBT then waited forever.
-    monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "0")
+    # top half at epoch 2 in every run; timing only decides when, never whether. Nor does memory used by other
+    # programs: Ray's OOM killer, which once ended a trial at 96% (measured), is off (fixture local_ray).
     study = _study(tmp_path, shapes_yaml, trial_scheduler="pbt", num_samples=4, max_concurrent_trials=4,
                    trial_scheduler_params={"perturbation_interval": 2, "quantile_fraction": 0.5,
                                            "resample_probability": 0.5, "synch": True}, train={"epochs": 4},
@@ -110,6 +109,7 @@ def test_pbt_is_not_consulted_on_the_last_epoch(tmp_path: Path, shapes_yaml: Pat
         pbt.on_trial_result(None, unknown_trial, {"training_iteration": 3, "fitness": 0.5})
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_diverged_and_crashing_trials_do_not_stop_the_study(tmp_path: Path, shapes_yaml: Path) -> None:
     study = _study(tmp_path, shapes_yaml, search="grid", search_space={"lr0": {"grid": [0.01, 0.7, 2.0]}},
                    num_samples=1, train={"epochs": 3})
@@ -129,6 +129,7 @@ def test_gpu_trials_get_distinct_gpus_on_a_simulated_two_node_cluster(tmp_path: 
 
     from detune import _runtime
 
+    ray.shutdown()  # the module's shared local Ray, if a test before this one started it
     _runtime.prepare()
     _runtime.local_ray_auth()  # the simulated cluster uses detune's token (else Ray writes ~/.ray/auth_token)
     tuning._reload_ray_auth()  # Ray cached its auth mode when this test imported it, before prepare()
@@ -159,6 +160,7 @@ def test_bad_study_fails_before_ray_starts(tmp_path: Path, shapes_yaml: Path) ->
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.usefixtures("local_ray")
 @pytest.mark.parametrize("search", ["optuna", "random"])
 def test_searchers_try_the_baseline_first_within_num_samples(tmp_path: Path, shapes_yaml: Path, search: str) -> None:
     space = {"lr0": {"loguniform": [1.0e-4, 1.0e-1]}, "scheduler": {"choice": ["linear", "cosine"]}}
