@@ -75,15 +75,14 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
     if isinstance(train_raw, Mapping) and "tracking" not in train_raw:  # the study's own `tracking` decides,
         train_raw = {**train_raw, "tracking": False}  # not detune.train's "auto" (on with MLFLOW_TRACKING_URI)
     train = from_dict(train_raw)
-    if "search_space" not in raw:
-        raise ConfigError("search_space is missing; add e.g. search_space: {lr0: {loguniform: [1.0e-4, 1.0e-1]}}")
+    train, search_space = _space(raw.get("search_space"), train)
     name = str(raw.get("name", "study"))
     if not _NAME.match(name):
         raise ConfigError(f"name ({name!r}) must be 1-100 letters, digits, '_', '.' or '-'; it names folders "
                           "and the MLflow experiment")
     output_dir = Path(_path(raw, "output_dir") or Path("runs") / "detune" / name).expanduser().resolve()
     study = StudyConfig(
-        train=train, search_space=parse_search_space(raw["search_space"], train), name=name,
+        train=train, search_space=search_space, name=name,
         output_dir=output_dir, search=raw.get("search", "random"), search_params=_mapping(raw, "search_params"),
         trial_scheduler=raw.get("trial_scheduler", "asha"),
         trial_scheduler_params=_mapping(raw, "trial_scheduler_params"),
@@ -97,6 +96,19 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
     )
     _validate(study)
     return study
+
+
+def _space(raw: Any, train: TrainConfig) -> tuple[TrainConfig, dict[str, Dim]]:
+    """No search_space: the default prior around the config's lr0; ``{lr0: auto}``: the same prior around the
+    LR finder's suggestion (train lr0 becomes "auto"; detune.tune resolves it before the trials)."""
+    from detune.prior import default_space
+
+    if raw is None:
+        return train, default_space(train)
+    if isinstance(raw, Mapping) and dict(raw) == {"lr0": "auto"}:
+        train = train.replace(lr0="auto")
+        return train, default_space(train)
+    return train, parse_search_space(raw, train)
 
 
 def _mapping(raw: Mapping[str, Any], field: str) -> dict[str, Any]:
