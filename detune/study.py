@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from detune.config import TrainConfig, from_dict, read_yaml
+from detune.confirm import ConfirmSettings, parse_confirm
 from detune.errors import ConfigError
 from detune.search_space import Dim, parse_search_space
 
@@ -42,6 +43,7 @@ class StudyConfig:
     tracking: Any = True
     seed: int = 0
     baseline_first: bool = True
+    confirm: ConfirmSettings | None = None  # retrain the top trials with new seeds (detune.confirm)
 
     def to_dict(self) -> dict[str, Any]:
         """YAML-safe mapping that ``load_study`` accepts again."""
@@ -49,6 +51,7 @@ class StudyConfig:
         out["train"] = self.train.to_dict()
         out["search_space"] = {k: d.to_yaml() for k, d in self.search_space.items()}
         out["output_dir"], out["storage_path"] = str(self.output_dir), str(self.storage_path)
+        out["confirm"] = self.confirm.to_dict() if self.confirm is not None else False
         return out
 
 
@@ -95,7 +98,7 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
         baseline_first=raw.get("baseline_first", True),
     )
     _validate(study)
-    return study
+    return dataclasses.replace(study, confirm=parse_confirm(raw.get("confirm"), num_samples=study.num_samples))
 
 
 def _space(raw: Any, train: TrainConfig) -> tuple[TrainConfig, dict[str, Dim]]:
