@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from test_datasets import GOOD, write_dataset
 
 from detune.datasets import check_dataset, has_test_split, make_shapes
-from test_datasets import GOOD, write_dataset
 
 WITH_TEST = {**GOOD, "test/s0": "1 0.5 0.5 0.2 0.2\n"}
 
