@@ -16,7 +16,7 @@ from detune.errors import ConfigError
 from detune.search_space import Dim, parse_search_space
 
 SEARCHES = ("random", "grid", "optuna", "hyperopt", "bohb")
-TRIAL_SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
+TRIAL_SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt", "detection")
 MODES = ("max", "min")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -223,6 +223,9 @@ def _validate(s: StudyConfig) -> None:
     if s.trial_scheduler == "pbt" and s.search not in ("random", "grid"):
         raise ConfigError(f"trial_scheduler: pbt mutates trials itself and cannot be combined with search: "
                           f"{s.search}; use search: random")
+    if s.trial_scheduler == "detection" and s.mode != "max":
+        raise ConfigError(f"trial_scheduler: detection ranks a detection metric to maximise (mode: max, e.g. "
+                          f"metrics/mAP50-95), not {s.metric} with mode: {s.mode}; use trial_scheduler: asha")
     if s.trial_scheduler == "pbt" and any(d.kind == "lr_finder" for d in s.search_space.values()):
         raise ConfigError("trial_scheduler: pbt cannot mutate an lr_finder range; use loguniform for lr0")
     if s.resources_per_trial["gpu"] == 0 and s.train.device not in ("cpu", "auto"):

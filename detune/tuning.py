@@ -114,6 +114,8 @@ def _scheduler(study: StudyConfig) -> Any:
     try:
         if study.search == "bohb":
             return schedulers.HyperBandForBOHB(time_attr="training_iteration", max_t=max_t, **params)
+        if study.trial_scheduler == "detection":
+            return _detection_scheduler(study, **params)
         if study.trial_scheduler == "fifo":
             return schedulers.FIFOScheduler(**params)
         if study.trial_scheduler == "asha":
@@ -134,6 +136,39 @@ def _scheduler(study: StudyConfig) -> Any:
     except TypeError as e:  # an unknown key in trial_scheduler_params
         raise TuneError(f"trial_scheduler_params ({study.trial_scheduler_params!r}) are invalid for "
                         f"{study.trial_scheduler}: {e}") from None
+
+
+def detection_rungs(grace_period: int | None = None, reduction_factor: float = 2,
+                    noise_floor: float | None = None) -> None:
+    """The ``trial_scheduler_params`` of ``trial_scheduler: detection`` (detune.rungs): grace_period in epochs
+    (default max(2, epochs // 4)), reduction_factor > 1, noise_floor of the metric (default 0.01)."""
+
+
+def _detection_scheduler(study: StudyConfig, grace_period: int | None = None, reduction_factor: float = 2,
+                         noise_floor: float | None = None) -> Any:
+    from ray.tune.schedulers import FIFOScheduler
+
+    from detune.rungs import NOISE_FLOOR, AsyncRungs, milestones
+
+    if grace_period is not None and (isinstance(grace_period, bool) or not isinstance(grace_period, int)
+                                     or grace_period < 1):
+        raise ConfigError(f"trial_scheduler_params.grace_period ({grace_period!r}) must be an integer >= 1 (epochs)")
+    dim = study.search_space.get("warmup_epochs")  # no rung before the longest warmup a trial can get has ended
+    warmups = [study.train.warmup_epochs, *(b for b in (dim.bounds() if dim else []) if isinstance(b, (int, float)))]
+    rungs = AsyncRungs(milestones(study.train.epochs, max(warmups), reduction_factor, grace_period),
+                       reduction_factor=reduction_factor, floor=NOISE_FLOOR if noise_floor is None else noise_floor,
+                       metric=study.metric)
+
+    class DetectionRungs(FIFOScheduler):  # type: ignore[misc]
+        def __init__(self, rungs: AsyncRungs) -> None:
+            super().__init__()
+            self.rungs = rungs
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+            epoch = int(result.get("training_iteration", 0))
+            return str(self.STOP if self.rungs.on_result(trial.trial_id, epoch, result) else self.CONTINUE)
+
+    return DetectionRungs(rungs)
 
 
 # Keys of search_params / trial_scheduler_params that detune sets itself: key -> what to use instead
@@ -198,7 +233,7 @@ def check_study(study: StudyConfig) -> None:
                           "samples trials itself); remove them")
     classes = {"fifo": schedulers.FIFOScheduler, "asha": schedulers.ASHAScheduler,
                "hyperband": schedulers.HyperBandScheduler, "median": schedulers.MedianStoppingRule,
-               "pbt": schedulers.PopulationBasedTraining}
+               "pbt": schedulers.PopulationBasedTraining, "detection": detection_rungs}
     cls = schedulers.HyperBandForBOHB if study.search == "bohb" else classes[study.trial_scheduler]
     check("trial_scheduler_params", study.trial_scheduler_params, cls, f"trial_scheduler: {study.trial_scheduler}")
     try:
