@@ -11,6 +11,7 @@ the children of trials the scheduler stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import json
 import math
@@ -424,8 +425,10 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
         parent_run_id = tr.start_study_run(tcfg.replace(run_id=parent_run_id), name=study.name,
                                            params=_study_params(study))
     try:
+        study = _centre_prior(study, state, tcfg, parent_run_id)
+        train["lr0"] = study.train.lr0
         _atomic_json(state_file, {"parent_run_id": parent_run_id, "name": study.name, "metric": study.metric,
-                                  "mode": study.mode})
+                                  "mode": study.mode, "lr0_centre": study.train.lr0})
         payload = {
             "train": train, "trials_dir": str(study.output_dir / "trials"), "name": study.name,
             "gpu": study.resources_per_trial["gpu"], "cpu": study.resources_per_trial["cpu"],
@@ -458,6 +461,21 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
 
 
 INTERRUPTED_STUDY = "interrupted before all trials ended; resume with --resume"
+
+
+def _centre_prior(study: StudyConfig, state: Mapping[str, Any], tcfg: Any, parent_run_id: str | None) -> StudyConfig:
+    """The default prior around the LR finder (train lr0 "auto" with an ``lr0_scale`` dimension, detune.prior):
+    run the finder once, nested under the study's run (a resumed study reuses the centre it saved), and make
+    its suggestion the base lr0 the trials scale."""
+    if study.train.lr0 != "auto" or "lr0_scale" not in study.search_space:
+        return study
+    lr = state.get("lr0_centre")
+    if not isinstance(lr, (int, float)):
+        from detune.lr_finder import resolve_auto_lr0
+
+        tracking = tcfg.replace(parent_run_id=parent_run_id) if tcfg is not None else None
+        lr = resolve_auto_lr0(study.train, tracking=tracking)[0].lr0
+    return dataclasses.replace(study, train=study.train.replace(lr0=lr))
 
 
 def _close_failed_study(tcfg: Any, parent_run_id: str, error: BaseException) -> None:

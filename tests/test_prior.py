@@ -115,3 +115,25 @@ def test_importing_the_prior_loads_no_heavy_dependency() -> None:
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_resumed_prior_study_reuses_its_saved_lr0_centre(tmp_path: object) -> None:
+    from detune.tuning import _centre_prior
+
+    study = load_study({"train": {"epochs": 12}, "search_space": {"lr0": "auto"}, "output_dir": str(tmp_path)})
+    centred = _centre_prior(study, {"lr0_centre": 0.02}, None, None)
+    assert centred.train.lr0 == 0.02 and centred.search_space == study.search_space
+    plain = load_study({"train": {"epochs": 12, "lr0": 0.03}, "output_dir": str(tmp_path)})
+    assert _centre_prior(plain, {"lr0_centre": 0.02}, None, None) is plain  # a number is the centre itself
+
+
+@pytest.mark.slow
+def test_the_lr_finder_centres_the_prior_of_a_lr0_auto_study(tmp_path: object, tiny: dict) -> None:
+    from detune.tuning import _centre_prior
+
+    train = {k: v for k, v in tiny.items() if k not in ("project", "name")}
+    study = load_study({"train": train, "search_space": {"lr0": "auto"}, "output_dir": str(tmp_path)})
+    centred = _centre_prior(study, {}, None, None)  # a real LR range test on the tiny dataset
+    assert isinstance(centred.train.lr0, float) and 0 < centred.train.lr0 < MAX_LR
+    trial = _trial(centred.train, {"optimizer": "AdamW", "lr0_scale": 2.0})
+    assert trial.lr0 == pytest.approx(centred.train.lr0 * 0.1 * 2.0)
