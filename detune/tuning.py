@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import importlib.util
 import json
 import math
 import os
@@ -79,13 +80,10 @@ def _search_alg(study: StudyConfig, space: dict[str, Any]) -> Any:
         return BasicVariantGenerator(random_state=study.seed, max_concurrent=study.max_concurrent_trials or 0,
                                      **params)
     if study.search == "optuna":
-        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
         _runtime.quiet_loggers()
-        # Optuna samples its first 10 trials at random; small studies would never get past that
-        sampler = {"n_startup_trials": min(10, max(3, study.num_samples // 4)), **params.pop("sampler", {})}
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=study.seed, **sampler), **params)
+        return OptunaSearch(sampler=_optuna_sampler(study, params.pop("sampler", {}), baseline), **params)
     if study.search == "hyperopt":
         _require("hyperopt", "search: hyperopt", "pip install hyperopt")
         from ray.tune.search.hyperopt import HyperOptSearch
@@ -96,6 +94,34 @@ def _search_alg(study: StudyConfig, space: dict[str, Any]) -> Any:
     from ray.tune.search.bohb import TuneBOHB
 
     return TuneBOHB(seed=study.seed, **params)
+
+
+SAMPLERS = ("tpe", "gp", "cmaes")  # search_params.sampler by name; a mapping is TPESampler settings
+
+
+def _optuna_sampler(study: StudyConfig, sampler: Any, baseline: Mapping[str, Any] | None) -> Any:
+    """Optuna's TPE (a mapping: its settings), GP or CMA-ES sampler; CMA-ES starts at the baseline (x0, its
+    numeric dims). Optuna samples the first 10 trials at random by default; small studies would never get
+    past that, so every sampler starts modelling after min(10, max(3, num_samples // 4))."""
+    import optuna
+
+    startup = min(10, max(3, study.num_samples // 4))
+    if isinstance(sampler, Mapping):
+        return optuna.samplers.TPESampler(seed=study.seed, **{"n_startup_trials": startup, **sampler})
+    if sampler not in SAMPLERS:
+        close = difflib.get_close_matches(str(sampler), SAMPLERS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"search_params.sampler ({sampler!r}) must be one of {', '.join(SAMPLERS)} or a mapping "
+                          f"of TPESampler settings such as {{n_startup_trials: 4}}{hint}")
+    if sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=study.seed, n_startup_trials=startup)
+    if sampler == "gp":
+        return optuna.samplers.GPSampler(seed=study.seed, n_startup_trials=startup)
+    if importlib.util.find_spec("cmaes") is None:
+        raise ConfigError("search_params.sampler: cmaes needs the cmaes package, which is not installed; "
+                          "pip install cmaes (or use sampler: gp or tpe)")
+    x0 = {k: v for k, v in (baseline or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return optuna.samplers.CmaEsSampler(x0=x0 or None, seed=study.seed, n_startup_trials=1)
 
 
 def _require(module: str, what: str, fix: str) -> None:
@@ -212,10 +238,13 @@ def check_study(study: StudyConfig) -> None:
 
         searchers["optuna"] = OptunaSearch
         sampler = study.search_params.get("sampler", {})
-        if not isinstance(sampler, Mapping):
-            raise ConfigError(f"search_params.sampler ({sampler!r}) must be a mapping of TPESampler settings, "
-                              "e.g. {n_startup_trials: 4}")
-        check("search_params.sampler", sampler, optuna.samplers.TPESampler, "search: optuna")
+        if not isinstance(sampler, (Mapping, str)):
+            raise ConfigError(f"search_params.sampler ({sampler!r}) must be one of {', '.join(SAMPLERS)} or a "
+                              "mapping of TPESampler settings, e.g. {n_startup_trials: 4}")
+        if isinstance(sampler, Mapping):
+            check("search_params.sampler", sampler, optuna.samplers.TPESampler, "search: optuna")
+        else:
+            _optuna_sampler(study, sampler, None)
     elif study.search == "hyperopt":
         _require("hyperopt", "search: hyperopt", "pip install hyperopt")
         from ray.tune.search.hyperopt import HyperOptSearch

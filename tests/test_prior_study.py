@@ -14,10 +14,11 @@ from detune.tuning import tune
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("search", ["optuna", "random"])
+@pytest.mark.parametrize(("search", "params"), [("optuna", {}), ("random", {}), ("optuna", {"sampler": "gp"})])
 def test_a_study_without_search_space_searches_the_prior_baseline_first(tmp_path: Path, shapes_yaml: Path,
-                                                                         search: str) -> None:
+                                                                         search: str, params: dict) -> None:
     result = tune({"name": f"prior-{search}", "output_dir": str(tmp_path / "out"), "search": search,
+                   "search_params": params,
                    "train": {"data": str(shapes_yaml), "epochs": 6, "device": "cpu", "imgsz": 32},
                    "trial_scheduler": "detection", "num_samples": 3, "max_concurrent_trials": 1,
                    "tracking": False, "resources_per_trial": {"cpu": 1}}, fit=_fake.fit)
