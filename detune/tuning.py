@@ -433,6 +433,12 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
     """
     study = config if isinstance(config, StudyConfig) else load_study(config, **overrides)
     check_study(study)
+    if study.confirm is not None:
+        from detune.config import DetuneWarning
+
+        warnings.warn(f"confirm ({study.confirm.to_dict()}): this version does not run the confirmation stage yet; "
+                      "best.yaml is chosen on the search trials (retrain its top trials with new seeds yourself)",
+                      DetuneWarning, stacklevel=2)
     with open_study(study, resume=resume):
         _runtime.prepare()
         return _tune_locked(study, resume=resume, address=address, progress=progress, fit=fit)

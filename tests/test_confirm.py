@@ -86,3 +86,14 @@ def test_best_yaml_goes_to_the_best_confirmed_mean_and_only_if_it_beats_the_base
     assert choose_best(aggregate({"a": [0.1], "b": [0.2]}), baseline=None, mode="max")["trial_id"] == "b"
     with pytest.raises(ConfigError, match="no confirmed run"):
         choose_best(aggregate({"a": [math.nan]}), baseline=None, mode="max")
+
+
+def test_tune_says_the_confirmation_stage_does_not_run_yet(tmp_path: Path) -> None:
+    from detune.config import DetuneWarning
+    from detune.errors import TuneError
+    from detune.tuning import tune
+
+    study = {"train": {"epochs": 4}, "num_samples": 8, "output_dir": str(tmp_path / "out"), "tracking": False,
+             "confirm": {"top_k": 2}}
+    with pytest.warns(DetuneWarning, match="does not run the confirmation stage yet"), pytest.raises(TuneError):
+        tune(study, resume=True)  # nothing to resume: fails before Ray starts
