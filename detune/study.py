@@ -98,7 +98,11 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
         baseline_first=raw.get("baseline_first", True),
     )
     _validate(study)
-    return dataclasses.replace(study, confirm=parse_confirm(raw.get("confirm"), num_samples=study.num_samples))
+    confirm = parse_confirm(raw.get("confirm"), num_samples=study.num_samples)
+    if confirm is not None and study.trial_scheduler == "pbt":
+        raise ConfigError("confirm cannot retrain PBT trials (their settings change during training); remove "
+                          "confirm or use another trial_scheduler")
+    return dataclasses.replace(study, confirm=confirm)
 
 
 def _space(raw: Any, train: TrainConfig) -> tuple[TrainConfig, dict[str, Dim]]:

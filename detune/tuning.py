@@ -433,12 +433,6 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
     """
     study = config if isinstance(config, StudyConfig) else load_study(config, **overrides)
     check_study(study)
-    if study.confirm is not None:
-        from detune.config import DetuneWarning
-
-        warnings.warn(f"confirm ({study.confirm.to_dict()}): this version does not run the confirmation stage yet; "
-                      "best.yaml is chosen on the search trials (retrain its top trials with new seeds yourself)",
-                      DetuneWarning, stacklevel=2)
     with open_study(study, resume=resume):
         _runtime.prepare()
         return _tune_locked(study, resume=resume, address=address, progress=progress, fit=fit)
@@ -477,6 +471,11 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
         if study.time_budget_s is not None and time.monotonic() - started >= study.time_budget_s:
             interrupted = frozenset()  # the time budget ended the study: its live trials were stopped
         result = summarize(study, grid, parent_run_id=parent_run_id, interrupted=interrupted)
+        confirmed: dict[str, float] = {}
+        if study.confirm is not None and not interrupted:  # retrain the top trials with new seeds
+            from detune._confirm_run import run_confirmation
+
+            result, confirmed = run_confirmation(study, result, fit=fit)
     except BaseException as e:
         _PROGRESS.pop("live", None)
         if tcfg is not None and parent_run_id is not None:
@@ -489,7 +488,7 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
         tags = {"detune.status": "interrupted", "detune.reason": INTERRUPTED_STUDY} if interrupted else {
             "detune.status": "completed", "detune.reason": ""}
         tr.finish_run(tcfg, parent_run_id, status="KILLED" if interrupted else "FINISHED",
-                      metrics=_best_metrics(study, result), tags=tags,
+                      metrics={**_best_metrics(study, result), **confirmed}, tags=tags,
                       params={"best." + k: v for k, v in result.best_params.items()},
                       artifacts=[p for p in (result.best_yaml, result.trials_csv, report_dir) if p is not None])
     return result

@@ -88,12 +88,38 @@ def test_best_yaml_goes_to_the_best_confirmed_mean_and_only_if_it_beats_the_base
         choose_best(aggregate({"a": [math.nan]}), baseline=None, mode="max")
 
 
-def test_tune_says_the_confirmation_stage_does_not_run_yet(tmp_path: Path) -> None:
-    from detune.config import DetuneWarning
-    from detune.errors import TuneError
+
+def test_confirm_is_refused_with_pbt(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="confirm cannot retrain PBT trials"):
+        load_study({"train": {"epochs": 4}, "num_samples": 8, "output_dir": str(tmp_path), "trial_scheduler": "pbt",
+                    "search_space": {"lr0": {"loguniform": [1e-3, 1e-1]}}, "confirm": True})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("base_lr0", "winner_lr0", "beats"), [(0.005, 0.01, True), (0.01, 0.01, False)])
+def test_a_study_with_confirm_retrains_the_top_trials_and_the_baseline(tmp_path: Path, shapes_yaml: Path,
+                                                                       base_lr0: float, winner_lr0: float,
+                                                                       beats: bool) -> None:
+    import json
+
+    import yaml
+
+    from detune import _fake
     from detune.tuning import tune
 
-    study = {"train": {"epochs": 4}, "num_samples": 8, "output_dir": str(tmp_path / "out"), "tracking": False,
-             "confirm": {"top_k": 2}}
-    with pytest.warns(DetuneWarning, match="does not run the confirmation stage yet"), pytest.raises(TuneError):
-        tune(study, resume=True)  # nothing to resume: fails before Ray starts
+    result = tune({"name": "confirm", "output_dir": str(tmp_path / "out"), "search": "grid", "tracking": False,
+                   "train": {"data": str(shapes_yaml), "epochs": 3, "device": "cpu", "imgsz": 32, "lr0": base_lr0,
+                             "warmup_epochs": 0.0, "nbs": 16},
+                   "search_space": {"lr0": {"grid": [0.005, 0.01, 0.04]}}, "trial_scheduler": "fifo",
+                   "num_samples": 1, "max_concurrent_trials": 1, "resources_per_trial": {"cpu": 1},
+                   "confirm": {"top_k": 1, "seeds": 2}}, fit=_fake.fit)
+    summary = json.loads((tmp_path / "out" / "confirm.json").read_text())
+    ids = {t["trial_id"]: t["lr0"] for t in result.trials}
+    assert ids[summary["baseline"]] == base_lr0 and summary["seeds"] == [1000, 2000]
+    assert {ids[t] for t in summary["trials"]} == {0.01, base_lr0}  # the top trial, plus the baseline
+    for trial in summary["trials"]:  # every retraining ran, at the full epochs, in its own folder
+        assert summary["confirmed"][trial]["n"] == 2
+        assert all((tmp_path / "out" / "confirm" / f"{trial}-seed{s}").is_dir() for s in summary["seeds"])
+    assert summary["best"]["beats_baseline"] is beats
+    assert yaml.safe_load(result.best_yaml.read_text())["lr0"] == winner_lr0 == result.best_config["lr0"]
+    assert "after confirmation" in result.best_yaml.read_text().splitlines()[0]
