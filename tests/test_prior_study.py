@@ -26,6 +26,10 @@ def test_a_study_without_search_space_searches_the_prior_baseline_first(tmp_path
     rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").open()))
     first = rows[0]
     assert (first["optimizer"], first["scheduler"], float(first["lr0_scale"])) == ("SGD", "linear", 1.0)
+    assert (float(first["lr0"]), float(first["momentum"])) == (0.01, 0.937)  # what the trial trained with
+    for row in rows:  # lr0 follows the family: x[1/10, 10] around 0.01 (SGD) or 0.001 (AdamW)
+        centre = 0.01 if row["optimizer"] == "SGD" else 0.001
+        assert float(row["lr0"]) == pytest.approx(centre * float(row["lr0_scale"]))
     assert len({r["lr0_scale"] for r in rows}) == 3  # the other trials sample the prior
     best = yaml.safe_load(result.best_yaml.read_text())
     assert "lr0_scale" not in best and "one_minus_momentum" not in best  # best.yaml holds real settings
