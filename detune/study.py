@@ -230,6 +230,9 @@ def _validate(s: StudyConfig) -> None:
     if s.trial_scheduler == "detection" and s.mode != "max":
         raise ConfigError(f"trial_scheduler: detection ranks a detection metric to maximise (mode: max, e.g. "
                           f"metrics/mAP50-95), not {s.metric} with mode: {s.mode}; use trial_scheduler: asha")
+    if s.trial_scheduler == "pbt" and "optimizer" in s.search_space:
+        raise ConfigError("trial_scheduler: pbt cannot search optimizer (an exploit would load one optimizer's "
+                          "state into another); remove search_space.optimizer or use trial_scheduler: asha")
     if s.trial_scheduler == "pbt" and any(d.kind == "lr_finder" for d in s.search_space.values()):
         raise ConfigError("trial_scheduler: pbt cannot mutate an lr_finder range; use loguniform for lr0")
     if s.resources_per_trial["gpu"] == 0 and s.train.device not in ("cpu", "auto"):

@@ -101,6 +101,11 @@ def test_a_study_without_search_space_or_with_lr0_auto_gets_the_prior(tmp_path: 
         load_study({**base, "search_space": {"lr0": "automatic"}})
 
 
+def test_pbt_cannot_switch_optimizers_so_the_prior_is_refused_under_it(tmp_path: object) -> None:
+    with pytest.raises(ConfigError, match="trial_scheduler: pbt cannot search optimizer"):
+        load_study({"train": {"epochs": 12}, "trial_scheduler": "pbt", "output_dir": str(tmp_path)})
+
+
 def test_a_user_space_may_name_the_derived_keys() -> None:
     train = _train()
     dims = parse_search_space({"one_minus_momentum": {"loguniform": [0.01, 0.2]}}, train)
