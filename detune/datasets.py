@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ class DatasetInfo:
     # the checked image paths of a split whose sources hold more (unreadable or duplicated paths); () otherwise
     train_files: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     val_files: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    test: tuple[Path, ...] = ()  # the held-out test split's sources, absolute; () when the YAML has none
 
     @property
     def nc(self) -> int:
@@ -66,12 +68,15 @@ class DatasetInfo:
         def one(sources: tuple[Path, ...]) -> str | list[str]:
             return str(sources[0]) if len(sources) == 1 else [str(s) for s in sources]
 
-        return {
+        out = {
             "path": str(self.root),
             "train": one(self.train),
             "val": one(self.val),
             "names": dict(enumerate(self.names)),
         }
+        if self.test:  # kept for scoring the confirmed best on held-out data (not checked like train/val)
+            out["test"] = one(self.test)
+        return out
 
     def write_yaml(self, dest: str | Path) -> Path:
         """Write ``to_ultralytics()`` to ``dest`` (a .yaml path), return it; give it to YOLO as ``data=``.
@@ -156,8 +161,39 @@ def check_dataset(data: str | Path, *, datasets_dir: str | Path | None = None) -
         kept[key] = tuple(images) if len(images) < paths else ()
         splits[key] = (sources, images, reader.read_all(images))
     reader.raise_if_errors(yaml_path)
+    test = _test_sources(yaml_path, raw, lines, root, notes)
     return dataclasses.replace(_info(yaml_path, root, names, lines, splits, notes, dropped),
-                               train_files=kept["train"], val_files=kept["val"])
+                               train_files=kept["train"], val_files=kept["val"], test=test)
+
+
+def _test_sources(path: Path, raw: dict[str, Any], lines: dict[str, int], root: Path,
+                  notes: list[str]) -> tuple[Path, ...]:
+    """The optional ``test:`` split's sources (resolved as train/val are); one that does not exist is a
+    warning and is left out, since nothing trains on it."""
+    if not has_test_split(raw):
+        return ()
+    try:
+        return _sources(path, raw, lines, "test", root)
+    except DatasetError as e:
+        notes.append(f"{e}; the test split is left out (no held-out scores)")
+        return ()
+
+
+def has_test_split(data: str | Path | Mapping[str, Any]) -> bool:
+    """Whether a data YAML (a path or its mapping) names a held-out ``test:`` split (a non-empty value; on
+    a path, one that exists)."""
+    if isinstance(data, Mapping):
+        value = data.get("test")
+        return bool(value) and (isinstance(value, str) or (isinstance(value, list) and all(value)))
+    path = Path(data)
+    raw, lines = _load_yaml(path)
+    if not has_test_split(raw):
+        return False
+    try:
+        _sources(path, raw, lines, "test", _root(path, raw, lines, None, []))
+    except DatasetError:
+        return False
+    return True
 
 
 def _load_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from detune._derived import DERIVED_KEYS, apply_derived, baseline_values
 from detune.config import FIELDS, TrainConfig, from_dict, ultralytics_train_keys
 from detune.errors import ConfigError
 
@@ -76,6 +77,8 @@ def parse_search_space(raw: Mapping[str, Any], base: TrainConfig) -> dict[str, D
     for dim in dims.values():
         parts = dim.key.split(".")
         context = {"scheduler": parts[1]} if parts[0] == "scheduler_params" and len(parts) == 3 else {}
+        if dim.key == "lr0_scale" and base.lr0 == "auto":
+            continue  # a range around the LR finder's suggestion: checked once detune.tune has resolved it
         for value in dim.bounds():
             try:
                 from_dict(apply_params(base.to_dict(), {**context, dim.key: value}))
@@ -100,8 +103,8 @@ def _flatten(raw: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 def _parse_dim(key: str, spec: Mapping[str, Any]) -> Dim:
     top = key.split(".")[0]
-    if top not in FIELDS and top not in ultralytics_train_keys():
-        close = difflib.get_close_matches(top, [*FIELDS, *ultralytics_train_keys()], n=3)
+    if top not in FIELDS and top not in ultralytics_train_keys() and top not in DERIVED_KEYS:
+        close = difflib.get_close_matches(top, [*FIELDS, *ultralytics_train_keys(), *DERIVED_KEYS], n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"search_space.{key}: {top!r} is not a train setting{hint}")
     kind, args = next(iter(spec.items()))
@@ -135,6 +138,7 @@ def apply_params(train: Mapping[str, Any], params: Mapping[str, Any]) -> dict[st
     for key, value in params.items():
         if "." not in key:
             out[key] = value
+    apply_derived(out, train)  # lr0_scale, one_minus_momentum (detune._derived)
     scheduler = out.get("scheduler") or ("cosine" if out.get("cos_lr") else "linear")
     for key, value in params.items():
         parts = key.split(".")
@@ -156,7 +160,8 @@ def baseline_point(dims: Mapping[str, Dim], base: TrainConfig) -> dict[str, Any]
     config sets others: lr0 0.01, lrf 0.01, momentum 0.937, ...), or None when one of them lies outside its
     distribution or is not set. Searchers try it first, so a study never ends below the untuned baseline
     and its report compares against a real baseline trial."""
-    flat = {**base.to_dict(), "scheduler": base.schedule_name, "warmup_epochs": base.warmup_epochs}
+    flat = {**base.to_dict(), "scheduler": base.schedule_name, "warmup_epochs": base.warmup_epochs,
+            **baseline_values(base.to_dict())}
     point = {}
     for key, dim in dims.items():
         value: Any = flat

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from detune.config import TrainConfig, from_dict, read_yaml
+from detune.confirm import ConfirmSettings, parse_confirm
 from detune.errors import ConfigError
 from detune.search_space import Dim, parse_search_space
 
 SEARCHES = ("random", "grid", "optuna", "hyperopt", "bohb")
-TRIAL_SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
+TRIAL_SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt", "detection")
 MODES = ("max", "min")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -42,6 +43,7 @@ class StudyConfig:
     tracking: Any = True
     seed: int = 0
     baseline_first: bool = True
+    confirm: ConfirmSettings | None = None  # retrain the top trials with new seeds (detune.confirm)
 
     def to_dict(self) -> dict[str, Any]:
         """YAML-safe mapping that ``load_study`` accepts again."""
@@ -49,6 +51,7 @@ class StudyConfig:
         out["train"] = self.train.to_dict()
         out["search_space"] = {k: d.to_yaml() for k, d in self.search_space.items()}
         out["output_dir"], out["storage_path"] = str(self.output_dir), str(self.storage_path)
+        out["confirm"] = self.confirm.to_dict() if self.confirm is not None else False
         return out
 
 
@@ -75,15 +78,14 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
     if isinstance(train_raw, Mapping) and "tracking" not in train_raw:  # the study's own `tracking` decides,
         train_raw = {**train_raw, "tracking": False}  # not detune.train's "auto" (on with MLFLOW_TRACKING_URI)
     train = from_dict(train_raw)
-    if "search_space" not in raw:
-        raise ConfigError("search_space is missing; add e.g. search_space: {lr0: {loguniform: [1.0e-4, 1.0e-1]}}")
+    train, search_space = _space(raw.get("search_space"), train)
     name = str(raw.get("name", "study"))
     if not _NAME.match(name):
         raise ConfigError(f"name ({name!r}) must be 1-100 letters, digits, '_', '.' or '-'; it names folders "
                           "and the MLflow experiment")
     output_dir = Path(_path(raw, "output_dir") or Path("runs") / "detune" / name).expanduser().resolve()
     study = StudyConfig(
-        train=train, search_space=parse_search_space(raw["search_space"], train), name=name,
+        train=train, search_space=search_space, name=name,
         output_dir=output_dir, search=raw.get("search", "random"), search_params=_mapping(raw, "search_params"),
         trial_scheduler=raw.get("trial_scheduler", "asha"),
         trial_scheduler_params=_mapping(raw, "trial_scheduler_params"),
@@ -96,7 +98,24 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
         baseline_first=raw.get("baseline_first", True),
     )
     _validate(study)
-    return study
+    confirm = parse_confirm(raw.get("confirm"), num_samples=study.num_samples)
+    if confirm is not None and study.trial_scheduler == "pbt":
+        raise ConfigError("confirm cannot retrain PBT trials (their settings change during training); remove "
+                          "confirm or use another trial_scheduler")
+    return dataclasses.replace(study, confirm=confirm)
+
+
+def _space(raw: Any, train: TrainConfig) -> tuple[TrainConfig, dict[str, Dim]]:
+    """No search_space: the default prior around the config's lr0; ``{lr0: auto}``: the same prior around the
+    LR finder's suggestion (train lr0 becomes "auto"; detune.tune resolves it before the trials)."""
+    from detune.prior import default_space
+
+    if raw is None:
+        return train, default_space(train)
+    if isinstance(raw, Mapping) and dict(raw) == {"lr0": "auto"}:
+        train = train.replace(lr0="auto")
+        return train, default_space(train)
+    return train, parse_search_space(raw, train)
 
 
 def _mapping(raw: Mapping[str, Any], field: str) -> dict[str, Any]:
@@ -208,6 +227,12 @@ def _validate(s: StudyConfig) -> None:
     if s.trial_scheduler == "pbt" and s.search not in ("random", "grid"):
         raise ConfigError(f"trial_scheduler: pbt mutates trials itself and cannot be combined with search: "
                           f"{s.search}; use search: random")
+    if s.trial_scheduler == "detection" and s.mode != "max":
+        raise ConfigError(f"trial_scheduler: detection ranks a detection metric to maximise (mode: max, e.g. "
+                          f"metrics/mAP50-95), not {s.metric} with mode: {s.mode}; use trial_scheduler: asha")
+    if s.trial_scheduler == "pbt" and "optimizer" in s.search_space:
+        raise ConfigError("trial_scheduler: pbt cannot search optimizer (an exploit would load one optimizer's "
+                          "state into another); remove search_space.optimizer or use trial_scheduler: asha")
     if s.trial_scheduler == "pbt" and any(d.kind == "lr_finder" for d in s.search_space.values()):
         raise ConfigError("trial_scheduler: pbt cannot mutate an lr_finder range; use loguniform for lr0")
     if s.resources_per_trial["gpu"] == 0 and s.train.device not in ("cpu", "auto"):

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from detune.errors import TuneError
+from detune.errors import ConfigError, TuneError
 from detune.search_space import apply_params
 from detune.study import StudyConfig
 
@@ -93,7 +93,7 @@ def summarize(study: StudyConfig, grid: Any, *, parent_run_id: str | None,
         best_config = apply_params(study.train.to_dict(), params)
     trials = [{k: v for k, v in r.items() if k != "_best"} for r in rows]
     out = study.output_dir
-    trials_csv = write_atomic(out / "trials.csv", _csv(trials, list(study.search_space)))
+    trials_csv = write_atomic(out / "trials.csv", _csv(trials, [*study.search_space, *_trained(study, trials)]))
     best_yaml = None
     if best_config is not None:
         header = (f"# best trial {best['trial_id']} of study {study.name}: {study.metric} = {best['best_metric']:.6g}"
@@ -103,6 +103,20 @@ def summarize(study: StudyConfig, grid: Any, *, parent_run_id: str | None,
                        best_params=params, best_metrics=dict(best["_best"]) if best else {}, trials=trials,
                        output_dir=out, best_yaml=best_yaml, trials_csv=trials_csv, parent_run_id=parent_run_id,
                        result_grid=grid)
+
+
+def _trained(study: StudyConfig, trials: list[dict[str, Any]]) -> list[str]:
+    """Settings a derived search key stands for (lr0 for lr0_scale, momentum for one_minus_momentum, see
+    detune._derived): added to each row as the value the trial trained with, and returned as extra columns."""
+    shown = [name for key, name in (("lr0_scale", "lr0"), ("one_minus_momentum", "momentum"))
+             if key in study.search_space and name not in study.search_space]
+    for row in trials if shown else []:
+        try:
+            trained = apply_params(study.train.to_dict(), {k: row[k] for k in study.search_space if k in row})
+        except ConfigError:
+            continue
+        row.update({name: trained.get(name) for name in shown})
+    return shown
 
 
 def _csv(rows: list[dict[str, Any]], param_keys: list[str]) -> str:

@@ -11,7 +11,9 @@ the children of trials the scheduler stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
+import importlib.util
 import json
 import math
 import os
@@ -78,13 +80,10 @@ def _search_alg(study: StudyConfig, space: dict[str, Any]) -> Any:
         return BasicVariantGenerator(random_state=study.seed, max_concurrent=study.max_concurrent_trials or 0,
                                      **params)
     if study.search == "optuna":
-        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
         _runtime.quiet_loggers()
-        # Optuna samples its first 10 trials at random; small studies would never get past that
-        sampler = {"n_startup_trials": min(10, max(3, study.num_samples // 4)), **params.pop("sampler", {})}
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=study.seed, **sampler), **params)
+        return OptunaSearch(sampler=_optuna_sampler(study, params.pop("sampler", {}), baseline), **params)
     if study.search == "hyperopt":
         _require("hyperopt", "search: hyperopt", "pip install hyperopt")
         from ray.tune.search.hyperopt import HyperOptSearch
@@ -95,6 +94,34 @@ def _search_alg(study: StudyConfig, space: dict[str, Any]) -> Any:
     from ray.tune.search.bohb import TuneBOHB
 
     return TuneBOHB(seed=study.seed, **params)
+
+
+SAMPLERS = ("tpe", "gp", "cmaes")  # search_params.sampler by name; a mapping is TPESampler settings
+
+
+def _optuna_sampler(study: StudyConfig, sampler: Any, baseline: Mapping[str, Any] | None) -> Any:
+    """Optuna's TPE (a mapping: its settings), GP or CMA-ES sampler; CMA-ES starts at the baseline (x0, its
+    numeric dims). Optuna samples the first 10 trials at random by default; small studies would never get
+    past that, so every sampler starts modelling after min(10, max(3, num_samples // 4))."""
+    import optuna
+
+    startup = min(10, max(3, study.num_samples // 4))
+    if isinstance(sampler, Mapping):
+        return optuna.samplers.TPESampler(seed=study.seed, **{"n_startup_trials": startup, **sampler})
+    if sampler not in SAMPLERS:
+        close = difflib.get_close_matches(str(sampler), SAMPLERS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"search_params.sampler ({sampler!r}) must be one of {', '.join(SAMPLERS)} or a mapping "
+                          f"of TPESampler settings such as {{n_startup_trials: 4}}{hint}")
+    if sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=study.seed, n_startup_trials=startup)
+    if sampler == "gp":
+        return optuna.samplers.GPSampler(seed=study.seed, n_startup_trials=startup)
+    if importlib.util.find_spec("cmaes") is None:
+        raise ConfigError("search_params.sampler: cmaes needs the cmaes package, which is not installed; "
+                          "pip install cmaes (or use sampler: gp or tpe)")
+    x0 = {k: v for k, v in (baseline or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return optuna.samplers.CmaEsSampler(x0=x0 or None, seed=study.seed, n_startup_trials=1)
 
 
 def _require(module: str, what: str, fix: str) -> None:
@@ -114,6 +141,8 @@ def _scheduler(study: StudyConfig) -> Any:
     try:
         if study.search == "bohb":
             return schedulers.HyperBandForBOHB(time_attr="training_iteration", max_t=max_t, **params)
+        if study.trial_scheduler == "detection":
+            return _detection_scheduler(study, **params)
         if study.trial_scheduler == "fifo":
             return schedulers.FIFOScheduler(**params)
         if study.trial_scheduler == "asha":
@@ -134,6 +163,39 @@ def _scheduler(study: StudyConfig) -> Any:
     except TypeError as e:  # an unknown key in trial_scheduler_params
         raise TuneError(f"trial_scheduler_params ({study.trial_scheduler_params!r}) are invalid for "
                         f"{study.trial_scheduler}: {e}") from None
+
+
+def detection_rungs(grace_period: int | None = None, reduction_factor: float = 2,
+                    noise_floor: float | None = None) -> None:
+    """The ``trial_scheduler_params`` of ``trial_scheduler: detection`` (detune.rungs): grace_period in epochs
+    (default max(2, epochs // 4)), reduction_factor > 1, noise_floor of the metric (default 0.01)."""
+
+
+def _detection_scheduler(study: StudyConfig, grace_period: int | None = None, reduction_factor: float = 2,
+                         noise_floor: float | None = None) -> Any:
+    from ray.tune.schedulers import FIFOScheduler
+
+    from detune.rungs import NOISE_FLOOR, AsyncRungs, milestones
+
+    if grace_period is not None and (isinstance(grace_period, bool) or not isinstance(grace_period, int)
+                                     or grace_period < 1):
+        raise ConfigError(f"trial_scheduler_params.grace_period ({grace_period!r}) must be an integer >= 1 (epochs)")
+    dim = study.search_space.get("warmup_epochs")  # no rung before the longest warmup a trial can get has ended
+    warmups = [study.train.warmup_epochs, *(b for b in (dim.bounds() if dim else []) if isinstance(b, (int, float)))]
+    rungs = AsyncRungs(milestones(study.train.epochs, max(warmups), reduction_factor, grace_period),
+                       reduction_factor=reduction_factor, floor=NOISE_FLOOR if noise_floor is None else noise_floor,
+                       metric=study.metric)
+
+    class DetectionRungs(FIFOScheduler):  # type: ignore[misc]
+        def __init__(self, rungs: AsyncRungs) -> None:
+            super().__init__()
+            self.rungs = rungs
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+            epoch = int(result.get("training_iteration", 0))
+            return str(self.STOP if self.rungs.on_result(trial.trial_id, epoch, result) else self.CONTINUE)
+
+    return DetectionRungs(rungs)
 
 
 # Keys of search_params / trial_scheduler_params that detune sets itself: key -> what to use instead
@@ -176,10 +238,13 @@ def check_study(study: StudyConfig) -> None:
 
         searchers["optuna"] = OptunaSearch
         sampler = study.search_params.get("sampler", {})
-        if not isinstance(sampler, Mapping):
-            raise ConfigError(f"search_params.sampler ({sampler!r}) must be a mapping of TPESampler settings, "
-                              "e.g. {n_startup_trials: 4}")
-        check("search_params.sampler", sampler, optuna.samplers.TPESampler, "search: optuna")
+        if not isinstance(sampler, (Mapping, str)):
+            raise ConfigError(f"search_params.sampler ({sampler!r}) must be one of {', '.join(SAMPLERS)} or a "
+                              "mapping of TPESampler settings, e.g. {n_startup_trials: 4}")
+        if isinstance(sampler, Mapping):
+            check("search_params.sampler", sampler, optuna.samplers.TPESampler, "search: optuna")
+        else:
+            _optuna_sampler(study, sampler, None)
     elif study.search == "hyperopt":
         _require("hyperopt", "search: hyperopt", "pip install hyperopt")
         from ray.tune.search.hyperopt import HyperOptSearch
@@ -198,7 +263,7 @@ def check_study(study: StudyConfig) -> None:
                           "samples trials itself); remove them")
     classes = {"fifo": schedulers.FIFOScheduler, "asha": schedulers.ASHAScheduler,
                "hyperband": schedulers.HyperBandScheduler, "median": schedulers.MedianStoppingRule,
-               "pbt": schedulers.PopulationBasedTraining}
+               "pbt": schedulers.PopulationBasedTraining, "detection": detection_rungs}
     cls = schedulers.HyperBandForBOHB if study.search == "bohb" else classes[study.trial_scheduler]
     check("trial_scheduler_params", study.trial_scheduler_params, cls, f"trial_scheduler: {study.trial_scheduler}")
     try:
@@ -389,8 +454,10 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
         parent_run_id = tr.start_study_run(tcfg.replace(run_id=parent_run_id), name=study.name,
                                            params=_study_params(study))
     try:
+        study = _centre_prior(study, state, tcfg, parent_run_id)
+        train["lr0"] = study.train.lr0
         _atomic_json(state_file, {"parent_run_id": parent_run_id, "name": study.name, "metric": study.metric,
-                                  "mode": study.mode})
+                                  "mode": study.mode, "lr0_centre": study.train.lr0})
         payload = {
             "train": train, "trials_dir": str(study.output_dir / "trials"), "name": study.name,
             "gpu": study.resources_per_trial["gpu"], "cpu": study.resources_per_trial["cpu"],
@@ -404,6 +471,11 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
         if study.time_budget_s is not None and time.monotonic() - started >= study.time_budget_s:
             interrupted = frozenset()  # the time budget ended the study: its live trials were stopped
         result = summarize(study, grid, parent_run_id=parent_run_id, interrupted=interrupted)
+        confirmed: dict[str, float] = {}
+        if study.confirm is not None and not interrupted:  # retrain the top trials with new seeds
+            from detune._confirm_run import run_confirmation
+
+            result, confirmed = run_confirmation(study, result, fit=fit)
     except BaseException as e:
         _PROGRESS.pop("live", None)
         if tcfg is not None and parent_run_id is not None:
@@ -416,13 +488,28 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
         tags = {"detune.status": "interrupted", "detune.reason": INTERRUPTED_STUDY} if interrupted else {
             "detune.status": "completed", "detune.reason": ""}
         tr.finish_run(tcfg, parent_run_id, status="KILLED" if interrupted else "FINISHED",
-                      metrics=_best_metrics(study, result), tags=tags,
+                      metrics={**_best_metrics(study, result), **confirmed}, tags=tags,
                       params={"best." + k: v for k, v in result.best_params.items()},
                       artifacts=[p for p in (result.best_yaml, result.trials_csv, report_dir) if p is not None])
     return result
 
 
 INTERRUPTED_STUDY = "interrupted before all trials ended; resume with --resume"
+
+
+def _centre_prior(study: StudyConfig, state: Mapping[str, Any], tcfg: Any, parent_run_id: str | None) -> StudyConfig:
+    """The default prior around the LR finder (train lr0 "auto" with an ``lr0_scale`` dimension, detune.prior):
+    run the finder once, nested under the study's run (a resumed study reuses the centre it saved), and make
+    its suggestion the base lr0 the trials scale."""
+    if study.train.lr0 != "auto" or "lr0_scale" not in study.search_space:
+        return study
+    lr = state.get("lr0_centre")
+    if not isinstance(lr, (int, float)):
+        from detune.lr_finder import resolve_auto_lr0
+
+        tracking = tcfg.replace(parent_run_id=parent_run_id) if tcfg is not None else None
+        lr = resolve_auto_lr0(study.train, tracking=tracking)[0].lr0
+    return dataclasses.replace(study, train=study.train.replace(lr0=lr))
 
 
 def _close_failed_study(tcfg: Any, parent_run_id: str, error: BaseException) -> None:
