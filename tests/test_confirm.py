@@ -96,6 +96,7 @@ def test_confirm_is_refused_with_pbt(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
 @pytest.mark.parametrize(("base_lr0", "winner_lr0", "beats"), [(0.005, 0.01, True), (0.01, 0.01, False)])
 def test_a_study_with_confirm_retrains_the_top_trials_and_the_baseline(tmp_path: Path, shapes_yaml: Path,
                                                                        base_lr0: float, winner_lr0: float,

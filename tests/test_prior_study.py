@@ -11,7 +11,7 @@ import yaml
 from detune import _fake
 from detune.tuning import tune
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 @pytest.mark.parametrize(("search", "params"), [("optuna", {}), ("random", {}), ("optuna", {"sampler": "gp"})])
