@@ -4,12 +4,15 @@ Metrics follow a formula peaked at lr0 = 0.01 (log scale) that grows with epochs
 0.5 <= lr0 < 1 crashes in its second epoch (a simulated out-of-memory error).
 It writes ``last.pt`` (a small JSON stand-in) and ``detune_state.json`` like the real adapter, so
 checkpoints, resume and PBT exploits go through the same code paths.
+While the file named by ``DETUNE_FAKE_HOLD`` exists, it waits after each epoch (a study held mid-way for a
+test of Ctrl-C or of a second study, however fast or slow the machine is).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -62,4 +65,6 @@ def fit(cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from:
         (weights / STATE_FILE).write_text(json.dumps({"step": (epoch + 1) * STEPS_PER_EPOCH, "epoch": epoch}))
         if observer is not None and hasattr(observer, "on_epoch"):
             observer.on_epoch(dict(record), weights)
+        while os.environ.get("DETUNE_FAKE_HOLD") and os.path.exists(os.environ["DETUNE_FAKE_HOLD"]):
+            time.sleep(0.05)
     return RunOutcome("completed", history, save_dir, {"last": weights / "last.pt"}, steps, info)

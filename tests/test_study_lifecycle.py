@@ -164,11 +164,14 @@ def test_second_study_is_refused_and_sigint_closes_the_study_killed_then_resume_
         tmp_path: Path, shapes_yaml: Path) -> None:
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(_study(tmp_path, shapes_yaml, search="grid", search_space={
-        "lr0": {"grid": [0.01, 0.02]}}, train={"data": str(shapes_yaml), "epochs": 100, "imgsz": 32,
+        "lr0": {"grid": [0.01, 0.02]}}, train={"data": str(shapes_yaml), "epochs": 3, "imgsz": 32,
                                                "device": "cpu", "warmup_epochs": 0.0})))
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rt", dir="/tmp"), "PYTHONUNBUFFERED": "1"}
+    hold = tmp_path / "hold"  # the fake trainer waits after each epoch while it exists: the study stays running
+    hold.touch()
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rt", dir="/tmp"), "PYTHONUNBUFFERED": "1",
+           "DETUNE_FAKE_HOLD": str(hold)}
     out = tmp_path / "out"
     first = subprocess.Popen([sys.executable, str(script), str(path)], env=env, cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -201,6 +204,7 @@ def test_second_study_is_refused_and_sigint_closes_the_study_killed_then_resume_
     assert "interrupted" in {r["status"] for r in rows}
     assert not any(c.data.tags.get("detune.status") == "stopped" for c in children)
 
+    hold.unlink()
     resumed = subprocess.run([sys.executable, str(script), str(path), "resume"], env=env, cwd=tmp_path,
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
