@@ -62,6 +62,16 @@ def home() -> Path:
     return Path(os.environ.get("DETUNE_HOME") or Path.home() / ".cache" / "detune").expanduser().resolve()
 
 
+def _matplotlib_data() -> Path:
+    """matplotlib's bundled data folder, found without importing matplotlib (detune._plotting is its home)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("Ultralytics needs matplotlib: pip install matplotlib")
+    return Path(next(iter(spec.submodule_search_locations))) / "mpl-data"
+
+
 def prepare(*, verbose: bool = False) -> Path:
     """Set the offline/quiet environment and the private Ultralytics config dir; return that dir.
 
@@ -79,9 +89,7 @@ def prepare(*, verbose: bool = False) -> Path:
         _atomic_write(settings_file, json.dumps(settings, indent=2))
     font = ultra / "Arial.ttf"  # check_font() downloads Arial.ttf unless it is here; any TTF renders the plots
     if not font.exists():
-        import matplotlib
-
-        dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        dejavu = _matplotlib_data() / "fonts" / "ttf" / "DejaVuSans.ttf"
         tmp = font.with_suffix(".tmp")
         shutil.copyfile(dejavu, tmp)
         tmp.replace(font)

@@ -156,6 +156,13 @@ def _emit(term: Any, as_json: bool, data: dict[str, Any], lines: list[str]) -> N
         raise typer.Exit(BROKEN_PIPE) from None
 
 
+def _fit_of(ctx: typer.Context) -> Any:
+    """The trainer a caller injected as ``obj={"fit": ...}`` (tests: ``CliRunner().invoke(app, args,
+    obj={"fit": detune._fake.fit})``; see ``detune.adapters.base.Fit``); None: the Ultralytics adapter."""
+    obj = ctx.find_root().obj
+    return obj.get("fit") if isinstance(obj, dict) else None
+
+
 def _terminal(quiet: bool, verbose: bool = False) -> Any:
     from detune._progress import Terminal
 
@@ -182,7 +189,7 @@ def _main(ctx: typer.Context,
 # train
 # ---------------------------------------------------------------------------------------------------------
 @app.command()
-def train(config: ConfigArg = None, overrides: Overrides = None, as_json: JsonOpt = False,
+def train(ctx: typer.Context, config: ConfigArg = None, overrides: Overrides = None, as_json: JsonOpt = False,
           quiet: QuietOpt = False, verbose: VerboseOpt = False, debug: DebugOpt = False) -> None:
     """Train a YOLO model under detune's LR control, with epoch/step progress.
 
@@ -210,7 +217,7 @@ def train(config: ConfigArg = None, overrides: Overrides = None, as_json: JsonOp
     def run() -> Any:
         try:
             with capture(temp_log, verbose=verbose), display, _warn_now(term):
-                state["result"] = training.run(cfg, observers=[display])
+                state["result"] = training.run(cfg, observers=[display], fit=_fit_of(ctx))
             return state["result"]
         finally:
             result = state.get("result")
@@ -288,7 +295,7 @@ def _study_size(study: Any) -> int:
 
 
 def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | None, debug: bool,
-             as_json: bool = False, quiet: bool = False, verbose: bool = False) -> int:
+             as_json: bool = False, quiet: bool = False, verbose: bool = False, fit: Any = None) -> int:
     """Shared by ``detune tune`` and ``scripts/tune.py``: run (or resume) a study with live progress, write
     its report, print the summary; returns the exit code."""
     from detune._progress import TuneDisplay, capture, tune_summary
@@ -317,7 +324,7 @@ def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | 
                 # folders checked and the study locked before detune.log is opened in output_dir
                 with open_study(study, resume=resume), capture(log, verbose=verbose, ultralytics_log=False), \
                         display:
-                    return tune(study, resume=resume, address=address, progress=progress)
+                    return tune(study, resume=resume, address=address, progress=progress, fit=fit)
 
             hint = f"interrupted: the study in {study.output_dir} can be resumed with: {resume_cmd}"
             result = _guard(run, debug, interrupted=hint)
@@ -374,7 +381,7 @@ def _study_report(study: Any, started: float, debug: bool) -> Path | None:
 
 
 @app.command()
-def tune(config: Annotated[str, typer.Argument(help="Study YAML, e.g. configs/quick.yaml.")],
+def tune(ctx: typer.Context, config: Annotated[str, typer.Argument(help="Study YAML, e.g. configs/quick.yaml.")],
          overrides: Overrides = None,
          address: Annotated[str | None, typer.Option(help="Join a Ray cluster: auto or "
                                                      "ray://host:10001.")] = None,
@@ -396,7 +403,7 @@ def tune(config: Annotated[str, typer.Argument(help="Study YAML, e.g. configs/qu
       detune tune configs/quick.yaml --resume
     """
     code = run_tune(config, list(overrides or []), resume=resume, address=address, debug=debug,
-                    as_json=as_json, quiet=quiet, verbose=verbose)
+                    as_json=as_json, quiet=quiet, verbose=verbose, fit=_fit_of(ctx))
     raise typer.Exit(code)
 
 
@@ -405,7 +412,7 @@ def tune(config: Annotated[str, typer.Argument(help="Study YAML, e.g. configs/qu
 # lr-find
 # ---------------------------------------------------------------------------------------------------------
 @app.command("lr-find")
-def lr_find(config: ConfigArg = None, overrides: Overrides = None,
+def lr_find(ctx: typer.Context, config: ConfigArg = None, overrides: Overrides = None,
             out: Annotated[Path | None, typer.Option("--out", "-o", help="Plot PNG (default: "
                                                      "<project>/lr_find.png).")] = None,
             method: Annotated[str, typer.Option(help="valley (default), steepest or min_div_10.")] = "valley",
@@ -441,15 +448,10 @@ def lr_find(config: ConfigArg = None, overrides: Overrides = None,
     log = plot.parent / "detune.log"
 
     def run() -> Any:
-        from detune.adapters import ultralytics as adapter
         from detune.lr_finder import range_test
 
-        def fit(cfg: Any, data: Any, *, observer: Any = None, probe: Any = None, **kw: Any) -> Any:
-            wrapped = display.wrap_probe(probe) if probe is not None else None
-            return adapter.fit(cfg, data, observer=_Both(observer, display), probe=wrapped, **kw)
-
         with capture(log, verbose=verbose), display:
-            return range_test(cfg, settings, fit=fit)
+            return range_test(cfg, settings, fit=_fit_of(ctx), observers=[display])
 
     result = _guard(run, debug)
     path = _guard(lambda: result.plot(plot, method=method), debug)
@@ -457,24 +459,6 @@ def lr_find(config: ConfigArg = None, overrides: Overrides = None,
     found = result.suggest(method)
     if found.lr is None:
         _fail(f"the LR finder gave no {method} suggestion: {found.reason}")
-
-
-class _Both:
-    """Two adapter observers as one (the range test's own and the progress display)."""
-
-    def __init__(self, first: Any, second: Any) -> None:
-        self.observers = [o for o in (first, second) if o is not None]
-
-    def __getattr__(self, name: str) -> Any:
-        fns = [getattr(o, name) for o in self.observers if hasattr(o, name)]
-        if not fns:
-            raise AttributeError(name)
-
-        def call(*args: Any) -> None:
-            for fn in fns:
-                fn(*args)
-
-        return call
 
 
 def _finder_config(config: str | None, overrides: list[str] | None, verbose: bool) -> tuple[Any, Any, str]:
@@ -542,9 +526,9 @@ def _steps_per_epoch(cfg: Any, given: float | None) -> tuple[float, str]:
         if not given > 0:
             raise ConfigError(f"--steps-per-epoch ({given:g}) must be > 0")
         return given, "given"
-    from detune.datasets import check_dataset
+    from detune.datasets import check_dataset, resolve_data
     from detune.errors import DatasetError
-    from detune.training import optimizer_steps, resolve_data
+    from detune.training import optimizer_steps
 
     try:
         info = check_dataset(resolve_data(cfg.data))

@@ -335,24 +335,20 @@ def write_report(data: StudyData, out_dir: str | os.PathLike[str], *, top: int =
 
 
 def _figure(path: Path, draw: Any) -> None:
-    """One PNG from ``draw(ax)``: matplotlib's object API only (no pyplot state), imported here."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:  # pragma: no cover - matplotlib ships with ultralytics
-        raise ImportError("study report figures need matplotlib: pip install matplotlib") from e
-    fig = Figure(figsize=(8, 4.8), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    """One PNG from ``draw(ax)`` (``detune._plotting``: no pyplot state)."""
+    from detune import _plotting
+
+    fig = _plotting.new_figure("study report figures", figsize=(8, 4.8), layout="constrained")
     draw(fig.add_subplot())
-    fig.savefig(path, format="png")
+    _plotting.save(fig, path)
 
 
 def _colors(data: StudyData) -> dict[str, Any]:
     """trial_id -> colour by metric (viridis, best brightest); grey without a finite metric."""
-    from matplotlib import colormaps
+    from detune._plotting import colormap
 
     ranked = data.ranked()
-    cmap = colormaps["viridis"]
+    cmap = colormap("viridis")
     n = max(len(ranked) - 1, 1)
     out: dict[str, Any] = {t.trial_id: "0.6" for t in data.trials}
     out.update({t.trial_id: cmap(1 - i / n if len(ranked) > 1 else 0.8) for i, t in enumerate(ranked)})

@@ -44,7 +44,7 @@ from detune.tracking_config import TrackingConfig, clip, local_path, redact
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from detune.training import TrainResult
+    from detune.adapters.base import RunOutcome
 
 log = logging.getLogger(__name__)
 
@@ -477,8 +477,9 @@ class RunLogger(_Sender):
             self._flush()
 
     # ---- end of run --------------------------------------------------------------------------------------
-    def finish(self, result: TrainResult, *, artifacts: Sequence[Path] = ()) -> dict[str, Any]:
-        """Send what is buffered, the artifacts and the final status; return ``report()``.
+    def finish(self, result: RunOutcome, *, artifacts: Sequence[Path] = ()) -> dict[str, Any]:
+        """Send what is buffered, the artifacts and the final status of ``result`` (a ``RunOutcome``, such as
+        a ``TrainResult``, with the run's settings in ``config``); return ``report()``.
 
         Status: completed -> FINISHED; diverged -> FINISHED with tags ``detune.status=diverged`` and
         ``detune.reason``; failed -> FAILED with ``detune.reason``. Artifacts: ``weights/best.pt``,
@@ -515,7 +516,7 @@ class RunLogger(_Sender):
         missed = [str(csv)] if csv and csv.is_file() and not self._upload(csv, None, deadline) else []
         return self._close("KILLED" if killed else "FAILED", deadline, missed)
 
-    def _artifact_files(self, result: TrainResult, extra: Sequence[Path]) -> list[tuple[Path, str | None]]:
+    def _artifact_files(self, result: RunOutcome, extra: Sequence[Path]) -> list[tuple[Path, str | None]]:
         files: list[tuple[Path, str | None]] = []
         if "best" in result.weights:
             files.append((Path(result.weights["best"]), "weights"))

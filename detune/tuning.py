@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from detune import _runtime
+from detune.adapters.base import STATE_FILE, read_state
 from detune.config import from_dict
 from detune.errors import ConfigError, TuneError
 from detune.search_space import Dim, baseline_point
@@ -256,7 +257,7 @@ class _Reporter:
         from ray import tune
 
         with tempfile.TemporaryDirectory(prefix="detune-ckpt-") as tmp:
-            for name in ("last.pt", "detune_state.json"):
+            for name in ("last.pt", STATE_FILE):
                 if (weights_dir / name).is_file():
                     shutil.copy2(weights_dir / name, Path(tmp) / name)
             tune.report({**record, **self.extra}, checkpoint=tune.Checkpoint.from_directory(tmp))
@@ -285,7 +286,7 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             shutil.copytree(d, local, dirs_exist_ok=True)
         resume_from = local / "last.pt"
-        state = json.loads((local / "detune_state.json").read_text())
+        state = read_state(local) or {}
         restored_from = state.get("trial_id")
         if restored_from == trial_id and state["epoch"] + 1 >= cfg.epochs:
             # The driver died between this trial's last report and its return: nothing left to train.
@@ -337,10 +338,9 @@ class _TrialState:
         self.trial_id = trial_id
 
     def on_epoch(self, record: dict[str, float], weights_dir: Path) -> None:
-        path = weights_dir / "detune_state.json"
-        if path.is_file():
-            state = json.loads(path.read_text())
-            path.write_text(json.dumps({**state, "trial_id": self.trial_id}))
+        state = read_state(weights_dir)
+        if state is not None:
+            (weights_dir / STATE_FILE).write_text(json.dumps({**state, "trial_id": self.trial_id}))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -357,7 +357,8 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
         address: an existing Ray cluster (``auto`` or ``ray://host:10001``); default: a local Ray.
         progress: called on the driver with one row per trial (trial_id, status, params, epoch, metric,
             best) whenever a trial starts, reports or ends; the CLI draws its live table from it.
-        fit: replaces the Ultralytics adapter in trials (tests use ``detune._fake.fit``).
+        fit: replaces the Ultralytics adapter in trials and in an ``lr_finder`` range's LR range test (tests
+            use ``detune._fake.fit``; see ``detune.adapters.base.Fit``).
 
     Returns a ``StudyResult``; ``best.yaml`` and ``trials.csv`` are written to ``output_dir``. Before anything
     is written, the study is checked (``check_study``), its folders too, and ``output_dir`` is locked: a second
@@ -464,8 +465,7 @@ def _report(study: StudyConfig) -> Path | None:
 def _absolute_paths(train: dict[str, Any]) -> dict[str, Any]:
     """Trials run in their own working directories: resolve data (generating "shapes" once, here, not in
     racing trials), check it before Ray starts, and make a local model file path absolute."""
-    from detune.datasets import check_dataset
-    from detune.training import resolve_data
+    from detune.datasets import check_dataset, resolve_data
 
     data = resolve_data(train["data"])
     check_dataset(data)
@@ -514,7 +514,7 @@ def _run_ray(study: StudyConfig, payload: dict[str, Any], *, resume: bool, addre
             tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
         else:
-            tuner = _new_tuner(study, trainable, payload["tracking"], payload["parent_run_id"])
+            tuner = _new_tuner(study, trainable, payload["tracking"], payload["parent_run_id"], fit=payload.get("fit"))
         _PROGRESS["current"] = progress
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*reuse_actors.*")  # see reuse_actors above (PBT)
@@ -629,10 +629,11 @@ def _check_resources(study: StudyConfig, address: str | None) -> None:
     raise TuneError(msg + " (a trial would wait for them forever)")
 
 
-def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str | None) -> Any:
+def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str | None, *, fit: Any = None) -> Any:
     from ray import tune
 
-    space = {k: _domain(d, _lr_suggestion(study, d, tcfg, parent_run_id)) for k, d in study.search_space.items()}
+    space = {k: _domain(d, _lr_suggestion(study, d, tcfg, parent_run_id, fit=fit))
+             for k, d in study.search_space.items()}
     scheduler = _scheduler(study)
     # PBT too (random/grid only): a seeded variant generator makes its initial population reproducible
     search_alg = _search_alg(study, space)
@@ -658,13 +659,33 @@ def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str
     )
 
 
-def _lr_suggestion(study: StudyConfig, dim: Dim, tcfg: Any, parent_run_id: str | None) -> float | None:
+def _lr_suggestion(study: StudyConfig, dim: Dim, tcfg: Any, parent_run_id: str | None, *,
+                   fit: Any = None) -> float | None:
     if dim.kind != "lr_finder":
         return None
-    from detune.lr_finder import suggest_for_study
-
     tracking = tcfg.replace(parent_run_id=parent_run_id) if tcfg is not None else None
-    return suggest_for_study(study, tracking=tracking)  # its own MLflow run, nested under the study
+    return suggest_for_study(study, tracking=tracking, fit=fit)  # its own MLflow run, nested under the study
+
+
+def suggest_for_study(study: StudyConfig, *, tracking: Any = None, settings: Any = None, fit: Any = None) -> float:
+    """The default-method LR finder suggestion for the study's base train config (centre of an ``lr_finder`` range).
+
+    Args:
+        tracking: None records nothing; a ``TrackingConfig`` with ``parent_run_id`` nests the finder's run
+            under the study's run.
+        fit: the trainer (default the Ultralytics adapter; tests pass ``detune._fake``).
+
+    Raises:
+        TuneError: when the finder gives no suggestion (with the reason).
+    """
+    from detune.lr_finder import DEFAULT_METHOD, range_test
+
+    result = range_test(study.train, settings, tracking=tracking if tracking is not None else False, fit=fit)
+    lr = result.suggestion(DEFAULT_METHOD)
+    if lr is None:
+        raise TuneError("search_space.lr0 uses lr_finder but the LR finder gave no suggestion: "
+                        f"{result.reason}")
+    return lr
 
 
 # Ray pickles its callbacks into the experiment (and restores them on --resume), so the callback looks the

@@ -101,7 +101,8 @@ def test_tune_passes_the_validated_study_and_flags_to_the_library(tmp_path: Path
     study = args[0]
     assert isinstance(study, StudyConfig) and study.name == "cli" and study.num_samples == 3
     assert study.train.epochs == 2 and study.output_dir == tmp_path / "out"
-    assert set(kwargs) == {"resume", "address", "progress"}
+    assert set(kwargs) == {"resume", "address", "progress", "fit"}
+    assert kwargs["fit"] is None  # no trainer injected (obj={"fit": ...}): the Ultralytics adapter
     assert kwargs["resume"] is False and kwargs["address"] == "auto" and callable(kwargs["progress"])
     first = result.stdout.splitlines()[0]
     assert first.startswith("study cli: 2 trials (1 completed, 1 diverged), 2 trial-epochs in ")
@@ -220,7 +221,7 @@ def test_train_passes_the_config_and_a_progress_observer(tmp_path: Path,
     result = invoke("train", "lr0=0.02", "scheduler=onecycle", "epochs=2", "warmup_epochs=0",
                     f"project={tmp_path}", "--json")
     assert result.exit_code == 0, result.output
-    assert set(seen) == {"cfg", "observers"}
+    assert set(seen) == {"cfg", "observers", "fit"} and seen["fit"] is None  # no trainer injected: the adapter
     assert (seen["cfg"].lr0, seen["cfg"].scheduler, seen["cfg"].epochs) == (0.02, "onecycle", 2)
     data = json.loads(result.stdout)
     assert data["status"] == "completed" and data["best_epoch"] == 1
