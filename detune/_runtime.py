@@ -93,10 +93,17 @@ def prepare(*, verbose: bool = False) -> Path:
         tmp = font.with_suffix(".tmp")
         shutil.copyfile(dejavu, tmp)
         tmp.replace(font)
-    for key, value in _ENV.items():
-        os.environ.setdefault(key, value)
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     os.environ.setdefault("MPLCONFIGDIR", str(root / "matplotlib"))
+    prepare_env(verbose=verbose)
+    return config_dir
+
+
+def prepare_env(*, verbose: bool = False) -> None:
+    """The offline/quiet environment variables and logger levels only: no file is read or written (what
+    reading an MLflow store needs; ``prepare`` adds the Ultralytics settings). Idempotent."""
+    for key, value in _ENV.items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("RAY_TMPDIR", "/tmp/ray")
     _STATE["verbose"] = verbose
     if not verbose:
@@ -104,7 +111,6 @@ def prepare(*, verbose: bool = False) -> Path:
         for key, value in _QUIET_ENV.items():
             os.environ.setdefault(key, value)
         quiet_loggers()
-    return config_dir
 
 
 def local_ray_auth() -> Path | None:
