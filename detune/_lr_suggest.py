@@ -132,16 +132,6 @@ class LossSmoother:
         return self.avg / (1.0 - self.beta ** self.count)
 
 
-def smooth_losses(losses: Sequence[float], smoothing: float = 0.05) -> list[float]:
-    """Bias-corrected EMA of every loss (NaN where the loss is not finite).
-
-    >>> smooth_losses([4.0, 2.0], smoothing=0.5)
-    [4.0, 2.6666666666666665]
-    """
-    smoother = LossSmoother(smoothing)
-    return [smoother.update(float(v)) for v in losses]
-
-
 class StopRule:
     """The divergence stop, shared by the LR finder and the training guard (one rule).
 
@@ -181,21 +171,6 @@ class StopRule:
 def stop_warmup(num_iters: int) -> int:
     """Points at the start of a sweep of ``num_iters`` that the factor rule ignores."""
     return trim(num_iters)[0]
-
-
-def find_stop(losses: Sequence[float], smoothing: float = 0.05, stop_factor: float | None = 4.0,
-              warmup: int = 0) -> tuple[int | None, str | None]:
-    """Replay the stop rule over a curve: the index the sweep stops at (None: it runs to the end), and why.
-
-    >>> find_stop([2.0, 1.0, 1.0, 5.0], smoothing=1.0)
-    (3, 'smoothed loss 5 exceeded 4 x its minimum 1 at iteration 3')
-    """
-    smoother, rule = LossSmoother(smoothing), StopRule(stop_factor, warmup)
-    for i, loss in enumerate(losses):
-        reason = rule.check(i, float(loss), smoother.update(float(loss)))
-        if reason is not None:
-            return i, reason
-    return None, None
 
 
 # ---- suggestions -------------------------------------------------------------------------------------

@@ -500,19 +500,15 @@ def schedule(config: ConfigArg = None, overrides: Overrides = None,
     """
     from detune._paths import writable_file
     from detune._progress import schedule_summary
-    from detune.config import load_config, schedule_kwargs
-    from detune.schedules import build_plan, key_points, peak_lr, plot
+    from detune.config import load_config, lr_plan
+    from detune.schedules import key_points, peak_lr, plot
 
     term = _terminal(True)
     path, values = _guard(lambda: _split(config, overrides), debug)
     cfg = _guard(lambda: load_config(path, **values), debug)
     _guard(lambda: writable_file(out, field="--out", kind="a .png file"), debug)
     spe, source = _guard(lambda: _steps_per_epoch(cfg, steps_per_epoch), debug)
-    plan = _guard(lambda: build_plan(
-        scheduler=cfg.schedule_name, scheduler_params=schedule_kwargs(cfg), lr0=cfg.effective_lr0,
-        epochs=cfg.epochs, steps_per_epoch=spe, interval=cfg.scheduler_interval,
-        warmup_epochs=cfg.warmup_epochs, warmup_bias_lr=cfg.warmup_bias_lr,
-        warmup_momentum=cfg.warmup_momentum, momentum=cfg.momentum), debug)
+    plan = _guard(lambda: lr_plan(cfg, spe), debug)
     png = _guard(lambda: plot(plan, out, log_y=log_y), debug)
     points = [{"step": s, "epoch": plan.epoch_of(s) + 1, "lr": lr, "momentum": plan.momentum_at(s),
                "bias_lr": plan.lr(s, plan.epoch_of(s), bias=True)} for s, lr in key_points(plan)]
@@ -526,9 +522,9 @@ def _steps_per_epoch(cfg: Any, given: float | None) -> tuple[float, str]:
         if not given > 0:
             raise ConfigError(f"--steps-per-epoch ({given:g}) must be > 0")
         return given, "given"
+    from detune.config import optimizer_steps
     from detune.datasets import check_dataset, resolve_data
     from detune.errors import DatasetError
-    from detune.training import optimizer_steps
 
     try:
         info = check_dataset(resolve_data(cfg.data))

@@ -381,6 +381,26 @@ def schedule_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return params
 
 
+def optimizer_steps(cfg: TrainConfig, train_images: int) -> tuple[int, int, int]:
+    """``(images, batches, accumulate)`` per epoch as Ultralytics counts them: ``fraction`` of the train
+    images, ceil(images / batch) batches, one optimizer step per round(nbs / batch) batches (capped at the
+    batches of the whole run, as Ultralytics caps it)."""
+    images = max(1, round(train_images * float(cfg.extra.get("fraction", 1.0) or 1.0)))
+    batches = math.ceil(images / cfg.batch)
+    return images, batches, min(cfg.accumulate, batches * cfg.epochs)
+
+
+def lr_plan(cfg: TrainConfig, steps_per_epoch: float) -> Any:
+    """The ``detune.schedules.LRPlan`` of a training config (the one place a config becomes a plan: the
+    adapter applies it, ``detune schedule`` and the run's lr_schedule.png draw it)."""
+    from detune.schedules import build_plan
+
+    return build_plan(scheduler=cfg.schedule_name, scheduler_params=schedule_kwargs(cfg), lr0=cfg.effective_lr0,
+                      epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, interval=cfg.scheduler_interval,
+                      warmup_epochs=cfg.warmup_epochs, warmup_bias_lr=cfg.warmup_bias_lr,
+                      warmup_momentum=cfg.warmup_momentum, momentum=cfg.momentum)
+
+
 def parse_device(device: Any) -> str:
     """Normalise a device request: ``cpu``, ``auto``, ``0`` or ``cuda:0``; one device per training."""
     text = str(device).strip().lower().replace("cuda:", "")

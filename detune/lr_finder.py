@@ -44,7 +44,7 @@ from detune._lr_suggest import (
     trim,
 )
 from detune.adapters.base import Fanout, Fit, RunOutcome
-from detune.config import TrainConfig, load_config
+from detune.config import TrainConfig, load_config, optimizer_steps
 from detune.datasets import PreparedData, prepare_data
 from detune.errors import AdapterError, ConfigError
 from detune.tracking_config import resolve_tracking
@@ -215,8 +215,7 @@ def finder_config(cfg: TrainConfig, settings: FinderSettings, *, project: Path,
                           "an LR range test cannot control the lr; set optimizer to SGD, Adam or AdamW")
     epochs = 1
     if settings.num_iters is not None:
-        fraction = float(cfg.extra.get("fraction", 1.0) or 1.0)
-        batches = max(1, math.ceil(max(1, round(train_images * fraction)) / cfg.batch))
+        batches = optimizer_steps(cfg, train_images)[1]
         epochs = math.ceil(settings.num_iters / batches) + 1  # + 1: never end early on a short estimate
     mixing = {} if settings.augment else dict.fromkeys(_MIXING_AUGMENTATIONS, 0.0)
     return cfg.replace(lr0=0.01, epochs=epochs, warmup_epochs=0.0, nbs=cfg.batch, divergence_factor=0.0,

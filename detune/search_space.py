@@ -167,7 +167,3 @@ def baseline_point(dims: Mapping[str, Dim], base: TrainConfig) -> dict[str, Any]
         point[key] = value
     return point
 
-
-def space_to_yaml(dims: Mapping[str, Dim]) -> dict[str, Any]:
-    """The YAML form back from parsed dims (round-trips through ``parse_search_space``)."""
-    return {key: dim.to_yaml() for key, dim in dims.items()}

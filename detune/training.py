@@ -16,7 +16,7 @@ from detune._lr_suggest import DEFAULT_METHOD, FinderSettings
 from detune._paths import writable_dir
 from detune.adapters import ultralytics as adapter
 from detune.adapters.base import Fanout, Fit, RunOutcome
-from detune.config import DetuneWarning, TrainConfig, load_config, schedule_kwargs
+from detune.config import DetuneWarning, TrainConfig, load_config, lr_plan, optimizer_steps, schedule_kwargs
 from detune.datasets import PreparedData, prepare_data
 from detune.lr_finder import PLOT_NAME, LRFinderResult, fallback_lr0, range_test
 from detune.tracking_config import resolve_tracking
@@ -70,15 +70,6 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
     out["warmup_epochs"] = cfg.warmup_epochs  # what ran, also when unset (clamped like Ultralytics)
     out["scheduler_params"] = schedule_kwargs(cfg)
     return out
-
-
-def optimizer_steps(cfg: TrainConfig, train_images: int) -> tuple[int, int, int]:
-    """``(images, batches, accumulate)`` per epoch as Ultralytics counts them: ``fraction`` of the train
-    images, ceil(images / batch) batches, one optimizer step per round(nbs / batch) batches (capped at the
-    batches of the whole run, as Ultralytics caps it)."""
-    images = max(1, round(train_images * float(cfg.extra.get("fraction", 1.0) or 1.0)))
-    batches = math.ceil(images / cfg.batch)
-    return images, batches, min(cfg.accumulate, batches * cfg.epochs)
 
 
 def _warn_few_steps(cfg: TrainConfig, train_images: int) -> None:
@@ -230,13 +221,9 @@ def _plot_schedule(cfg: TrainConfig, result: TrainResult) -> None:
     if not cfg.extra.get("plots", True) or not steps_per_epoch or not (result.save_dir and result.save_dir.is_dir()):
         return
     try:
-        from detune.schedules import build_plan, plot
+        from detune.schedules import plot
 
-        plan = build_plan(scheduler=cfg.schedule_name, scheduler_params=schedule_kwargs(cfg),
-                          lr0=cfg.effective_lr0, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                          interval=cfg.scheduler_interval, warmup_epochs=cfg.warmup_epochs,
-                          warmup_bias_lr=cfg.warmup_bias_lr, warmup_momentum=cfg.warmup_momentum,
-                          momentum=cfg.momentum)
+        plan = lr_plan(cfg, steps_per_epoch)
         result.info["lr_schedule_png"] = str(plot(plan, result.save_dir / "lr_schedule.png"))
     except Exception as e:  # noqa: BLE001 - e.g. matplotlib missing
         result.info["lr_schedule_png"] = None

@@ -20,9 +20,9 @@ from detune._lr_suggest import (
     DEFAULT_METHOD,
     MIN_POINTS,
     FinderSettings,
-    find_stop,
+    LossSmoother,
+    StopRule,
     lr_at,
-    smooth_losses,
     stop_warmup,
     suggest,
     trim,
@@ -37,6 +37,23 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # ---- hand-made curves ------------------------------------------------------------------------------------
+def smooth_losses(losses: list[float], smoothing: float = 0.05) -> list[float]:
+    """The finder's smoothed curve: its ``LossSmoother`` over every loss (NaN where a loss is not finite)."""
+    smoother = LossSmoother(smoothing)
+    return [smoother.update(float(v)) for v in losses]
+
+
+def find_stop(losses: list[float], smoothing: float = 0.05, stop_factor: float | None = 4.0,
+              warmup: int = 0) -> tuple[int | None, str | None]:
+    """Replay the finder's ``StopRule`` over a curve: the index the sweep stops at (None: never), and why."""
+    smoother, rule = LossSmoother(smoothing), StopRule(stop_factor, warmup)
+    for i, loss in enumerate(losses):
+        reason = rule.check(i, float(loss), smoother.update(float(loss)))
+        if reason is not None:
+            return i, reason
+    return None, None
+
+
 def log_grid(n: int = 101, lo: float = -6.0, hi: float = 0.0) -> list[float]:
     """n lrs evenly spaced in log10 from 10**lo to 10**hi (the default puts 1e-3 and 1e-1 on the grid)."""
     return [10 ** (lo + (hi - lo) * i / (n - 1)) for i in range(n)]

@@ -19,7 +19,7 @@ from typing import Any
 from detune import _runtime
 from detune._lr_suggest import LossSmoother, StopRule
 from detune.adapters.base import STATE_FILE, Observer, Probe, RunOutcome, sha256, trusted_state
-from detune.config import TrainConfig, schedule_kwargs
+from detune.config import TrainConfig, lr_plan
 from detune.errors import AdapterError, ConfigError
 
 __all__ = ["STATE_FILE", "Observer", "Probe", "RunOutcome", "check_device", "fit", "metric_name", "resolve_device",
@@ -115,18 +115,10 @@ class _Control:
 
     # ---- LR control -------------------------------------------------------------------------------
     def start(self, trainer: Any) -> None:
-        from detune.schedules import build_plan
-
         nb = len(trainer.train_loader)
         steps_per_epoch = nb / trainer.accumulate
-        self.plan = build_plan(
-            scheduler=self.cfg.schedule_name, scheduler_params=schedule_kwargs(self.cfg),
-            lr0=self.cfg.effective_lr0, epochs=self.cfg.epochs, steps_per_epoch=steps_per_epoch,
-            interval=self.cfg.scheduler_interval, warmup_epochs=self.cfg.warmup_epochs,
-            warmup_bias_lr=self.cfg.warmup_bias_lr, warmup_momentum=self.cfg.warmup_momentum,
-            momentum=self.cfg.momentum,
-        )
-        if self.plateau_state is not None and hasattr(self.plan.schedule, "load_state"):
+        self.plan = lr_plan(self.cfg, steps_per_epoch)
+        if self.plateau_state:
             self.plan.schedule.load_state(self.plateau_state)
         if trainer.device.type == "cpu":
             import torch
@@ -202,8 +194,9 @@ class _Control:
         self.history.append(record)
         last = Path(trainer.wdir) / "last.pt"
         state = {"step": self.step, "epoch": trainer.epoch, "last_sha256": sha256(last) if last.is_file() else None}
-        if hasattr(self.plan.schedule, "state"):
-            state["plateau"] = self.plan.schedule.state()
+        learnt = self.plan.schedule.state()  # {} for closed-form schedules: nothing to store
+        if learnt:
+            state["plateau"] = learnt
         (Path(trainer.wdir) / STATE_FILE).write_text(json.dumps(state))
         self.call("on_epoch", dict(record), Path(trainer.wdir))
 
