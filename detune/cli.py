@@ -296,8 +296,8 @@ def _study_size(study: Any) -> int:
 
 def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | None, debug: bool,
              as_json: bool = False, quiet: bool = False, verbose: bool = False, fit: Any = None) -> int:
-    """Shared by ``detune tune`` and ``scripts/tune.py``: run (or resume) a study with live progress, write
-    its report, print the summary; returns the exit code."""
+    """Shared by ``detune tune`` and ``scripts/tune.py``: run (or resume) a study with live progress (the
+    library writes its report), print the summary; returns the exit code."""
     from detune._progress import TuneDisplay, capture, tune_summary
     from detune.study import load_study
 
@@ -329,7 +329,7 @@ def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | 
             hint = f"interrupted: the study in {study.output_dir} can be resumed with: {resume_cmd}"
             result = _guard(run, debug, interrupted=hint)
             interrupted = watch.fired
-        report = _study_report(study, started, debug)
+        report = result.report  # written once, by detune.tuning.tune
     except typer.Exit as e:
         return int(e.exit_code)
     try:
@@ -360,24 +360,6 @@ def _parse(overrides: list[str], verbose: bool) -> dict[str, Any]:
     if verbose:
         values["train.verbose"] = True
     return values
-
-
-def _study_report(study: Any, started: float, debug: bool) -> Path | None:
-    """The report of a study (reused when ``detune.tuning.tune`` already wrote it); a failure is a warning,
-    never a failed study."""
-    from detune.report import build_report
-
-    existing = study.output_dir / "report" / "report.md"
-    if existing.is_file() and existing.stat().st_mtime >= started:
-        return existing
-    try:
-        return build_report(study.output_dir, metric=study.metric, mode=study.mode) / "report.md"
-    except Exception as e:  # noqa: BLE001 - the study's results are written already
-        if debug:
-            raise
-        typer.echo(f"warning: no report: {type(e).__name__}: {e}; retry with: detune report "
-                   f"{study.output_dir}", err=True)
-        return None
 
 
 @app.command()

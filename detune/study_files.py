@@ -41,6 +41,7 @@ class StudyResult:
     trials_csv: Path | None
     parent_run_id: str | None = None
     result_grid: Any = None
+    report: Path | None = None  # the report.md ``tune`` wrote (None when it could not be written: a warning said why)
 
 
 INTERRUPTED = "the study was interrupted before this trial ended; resume the study with --resume"

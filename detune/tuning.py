@@ -411,6 +411,7 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
             _close_failed_study(tcfg, parent_run_id, e)
         raise
     report_dir = _report(study)
+    result.report = report_dir / "report.md" if report_dir is not None else None
     if tcfg is not None:
         truth = {t["trial_id"]: (t["status"], t["reason"] or "") for t in result.trials}
         tr.sync_trial_runs(tcfg, parent_run_id=parent_run_id, truth=truth)

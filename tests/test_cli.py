@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from detune.cli import app, run_tune
-from detune.report import FIGURES
+from detune.report import FIGURES, build_report
 from detune.study import StudyConfig
 from detune.study_files import StudyResult
 
@@ -80,9 +80,11 @@ class FakeTune:
                    "lr0": 0.01},
                   {"trial_id": "t1", "status": "diverged", "best_metric": float("nan"), "epochs_run": 1,
                    "lr0": 0.03}]
+        report = build_report(out, metric=study.metric, mode=study.mode) / "report.md"  # as tune writes it
         return StudyResult(name=study.name, metric=study.metric, mode=study.mode, best_config={"lr0": 0.01},
                            best_params={"lr0": 0.01}, best_metrics={study.metric: 0.25}, trials=trials,
-                           output_dir=out, best_yaml=out / "best.yaml", trials_csv=out / "trials.csv")
+                           output_dir=out, best_yaml=out / "best.yaml", trials_csv=out / "trials.csv",
+                           report=report)
 
 
 @pytest.fixture
