@@ -17,7 +17,7 @@ from detune._paths import writable_dir
 from detune.adapters import ultralytics as adapter
 from detune.adapters.base import Fanout, Fit, RunOutcome
 from detune.config import DetuneWarning, TrainConfig, load_config, lr_plan, optimizer_steps, schedule_kwargs
-from detune.datasets import PreparedData, prepare_data
+from detune.datasets import PreparedData, prepare_data, resolve_data
 from detune.lr_finder import PLOT_NAME, LRFinderResult, fallback_lr0, range_test
 from detune.tracking_config import resolve_tracking
 
@@ -112,7 +112,8 @@ def train(config: str | os.PathLike[str] | Mapping[str, Any] | TrainConfig | Non
 
 
 def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | None = None,
-        tracking: TrackingConfig | bool | None = None, fit: Fit | None = None) -> TrainResult:
+        tracking: TrackingConfig | bool | None = None, fit: Fit | None = None,
+        data: PreparedData | None = None) -> TrainResult:
     """Run one training from a validated config: the engine under ``detune.train`` and study trials.
 
     ``observers`` receive the adapter's ``on_start``/``on_step``/``on_epoch`` events; ``resume_from`` is a
@@ -120,6 +121,8 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
     ``tracking`` overrides ``cfg.tracking``: a ``TrackingConfig`` (study trials pass parent_run_id, run_id and
     tags this way), False for no tracking, None to use ``cfg.tracking``. With tracking on, the MLflow run id
     is ``result.run_id`` and the logging report (unlogged points, local copy) is ``result.info["tracking"]``.
+    ``fit`` replaces the Ultralytics adapter (``detune.adapters.base.Fit``). ``data`` is ``cfg.data`` already
+    prepared (a study's driver checks it once for all trials); it is used when its YAML is on this machine.
 
     Raises:
         ConfigError: before any compute, for a ``project`` that cannot be a folder or cannot be written.
@@ -128,7 +131,8 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
     writable_dir(cfg.project, field="project")  # before the LR finder, the dataset check and any run folder
     track = resolve_tracking(cfg.tracking if tracking is None else tracking)
     clamped = _check_before_compute(cfg, device=fit is None)  # a GPU this machine lacks; the warmup note
-    data = prepare_data(cfg.data)  # checked once, for the LR finder and the training
+    if data is None or not data.yaml.is_file() or data.dataset.yaml_path != resolve_data(cfg.data):
+        data = prepare_data(cfg.data)  # checked once, for the LR finder and the training
     finder = None
     if cfg.lr0 == "auto":  # resolved first: params, effective_lr0 and the adapter only ever see a number
         cfg, finder = resolve_auto_lr0(cfg, tracking=track, fit=fit, data=data)

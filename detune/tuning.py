@@ -310,7 +310,7 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
         str(g) for g in ray.get_gpu_ids()), "detune_node": ray.get_runtime_context().get_node_id(),
              "detune_restored_from": restored_from or "", "detune_status": "running"}
     result = training.run(cfg, observers=[_TrialState(trial_id), _Reporter(extra)], resume_from=resume_from,
-                          tracking=tracking, fit=payload.get("fit"))
+                          tracking=tracking, fit=payload.get("fit"), data=payload.get("data"))
     _release_memory()  # this worker runs the next trial too (reuse_actors)
     if result.status == "diverged":
         worst = -math.inf if payload["mode"] == "max" else math.inf
@@ -381,7 +381,7 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
     state_file = study.output_dir / STUDY_STATE
     state = json.loads(state_file.read_text()) if resume and state_file.is_file() else {}
     tcfg = resolve_tracking(study.tracking, default_experiment=study.name)
-    train = _absolute_paths(study.train.to_dict())  # the dataset is checked before any run or Ray exists
+    train, data = _absolute_paths(study.train.to_dict())  # the dataset is checked before any run or Ray exists
     parent_run_id = state.get("parent_run_id")
     if tcfg is not None:
         tr.check_reachable(tcfg)
@@ -396,7 +396,7 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
             "train": train, "trials_dir": str(study.output_dir / "trials"), "name": study.name,
             "gpu": study.resources_per_trial["gpu"], "cpu": study.resources_per_trial["cpu"],
             "metric": study.metric, "mode": study.mode, "tracking": tcfg, "parent_run_id": parent_run_id,
-            "fit": fit,
+            "fit": fit, "data": data,
         }
         _PROGRESS["live"] = set()
         started = time.monotonic()
@@ -463,17 +463,17 @@ def _report(study: StudyConfig) -> Path | None:
         return None
 
 
-def _absolute_paths(train: dict[str, Any]) -> dict[str, Any]:
+def _absolute_paths(train: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """Trials run in their own working directories: resolve data (generating "shapes" once, here, not in
-    racing trials), check it before Ray starts, and make a local model file path absolute."""
-    from detune.datasets import check_dataset, resolve_data
+    racing trials), check it before Ray starts (once: the trials reuse the check), and make a local model
+    file path absolute. Returns the train mapping and the ``PreparedData``."""
+    from detune.datasets import prepare_data
 
-    data = resolve_data(train["data"])
-    check_dataset(data)
-    out = {**train, "data": str(data)}
+    data = prepare_data(train["data"])
+    out = {**train, "data": str(data.dataset.yaml_path)}
     if Path(train["model"]).is_file():
         out["model"] = str(Path(train["model"]).resolve())
-    return out
+    return out, data
 
 
 def _best_metrics(study: StudyConfig, result: StudyResult) -> dict[str, float]:

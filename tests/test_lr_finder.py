@@ -396,6 +396,21 @@ def test_train_lr0_auto_records_the_suggestion(base_cfg: TrainConfig, tmp_path: 
     assert finder["num_iters"] == 100 and 80 < finder["points"] <= 100 and finder["settings"]["min_lr"] == 1e-6
 
 
+def test_train_lr0_auto_checks_the_dataset_once(base_cfg: TrainConfig, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data is prepared once per run and handed to the finder and the training (every label file read
+    once, not once by the finder and again by the training)."""
+    from detune import datasets, training
+
+    checked: list[Path] = []
+    real = datasets.check_dataset
+    monkeypatch.setattr(datasets, "check_dataset", lambda data, **kw: checked.append(Path(data)) or real(data, **kw))
+    cfg = base_cfg.replace(lr0="auto", epochs=1, warmup_epochs=0.0, project=str(tmp_path), name="run")
+    result = training.run(cfg, fit=FakeFit())
+    assert result.status == "completed" and "lr_finder" in result.info
+    assert checked == [Path(base_cfg.data).resolve()]
+
+
 @pytest.mark.parametrize(("optimizer", "fallback"), [("SGD", 0.01), ("MuSGD", 0.01), ("AdamW", 0.001),
                                                      ("Adam", 0.001), ("RMSProp", 0.001)])
 def test_train_lr0_auto_without_a_suggestion_trains_at_the_default_with_a_warning(
