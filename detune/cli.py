@@ -26,6 +26,8 @@ import typer
 
 from detune.errors import ConfigError, DetuneError
 
+__all__ = ["BROKEN_PIPE", "INTERRUPTED", "TERMINATED", "app", "data_app", "main", "run_tune", "sigterm_as_ctrl_c"]
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   pretty_exceptions_show_locals=False,
                   help="Learning-rate control and tuning for Ultralytics YOLO, logged to MLflow.")

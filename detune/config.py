@@ -18,6 +18,12 @@ import yaml
 from detune._yaml import YamlRefused, safe_load
 from detune.errors import ConfigError
 
+__all__ = ["DetuneWarning", "FIELDS", "INTERVALS", "LR_MULT_PARTS", "LR_SCALINGS", "MAX_BATCH", "MAX_CONFIG_BYTES",
+           "MAX_DIVERGENCE_FACTOR", "MAX_EPOCHS", "MAX_IMGSZ", "MAX_LR", "MAX_LR_MULT", "MAX_SEED", "MAX_THREADS",
+           "NOMINAL_BATCH", "OPTIMIZERS", "TrainConfig", "WARMUP_EPOCHS", "from_dict", "load_config", "lr_plan",
+           "optimizer_steps", "parse_device", "parse_overrides", "read_yaml", "schedule_kwargs",
+           "ultralytics_train_keys"]
+
 
 class DetuneWarning(UserWarning):
     """A setting is accepted but probably not what the user wants (shown by the CLI, never printed here)."""

@@ -14,6 +14,8 @@ from typing import Any
 from detune.config import FIELDS, TrainConfig, from_dict, ultralytics_train_keys
 from detune.errors import ConfigError
 
+__all__ = ["DISTRIBUTIONS", "Dim", "apply_params", "baseline_point", "parse_search_space"]
+
 #: distribution name -> (number of args, description of its args)
 DISTRIBUTIONS: dict[str, tuple[int | None, str]] = {
     "loguniform": (2, "[low, high] with 0 < low < high"),

@@ -14,6 +14,8 @@ from detune.config import TrainConfig, from_dict, read_yaml
 from detune.errors import ConfigError
 from detune.search_space import Dim, parse_search_space
 
+__all__ = ["MODES", "SEARCHES", "StudyConfig", "TRIAL_SCHEDULERS", "load_study"]
+
 SEARCHES = ("random", "grid", "optuna", "hyperopt", "bohb")
 TRIAL_SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
 MODES = ("max", "min")

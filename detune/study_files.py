@@ -20,6 +20,10 @@ from detune.errors import TuneError
 from detune.search_space import apply_params
 from detune.study import StudyConfig
 
+__all__ = ["INTERRUPTED", "LOCK_FILE", "StudyResult", "TRIAL_COLUMNS", "TRIAL_STATUSES", "check_folders",
+           "clear_unstarted", "open_study", "restorable", "study_lock", "summarize", "trial_rows", "trials_reported",
+           "write_atomic"]
+
 TRIAL_STATUSES = ("completed", "stopped", "diverged", "failed", "interrupted")  # how a trial ended
 TRIAL_COLUMNS = ("trial_id", "status", "best_metric", "best_epoch", "epochs_run", "reason")
 

@@ -22,6 +22,10 @@ from typing import Any
 
 from detune.errors import ConfigError
 
+__all__ = ["DEFAULT_DB", "DEFAULT_EXPERIMENT", "ENV_VAR", "MAX_EXPERIMENT_NAME", "NAMED_STORES", "TrackingConfig",
+           "UI_VIEW", "absolute_uri", "clip", "default_uri", "env_uri", "local_path", "redact", "resolve_tracking",
+           "ui_url"]
+
 DEFAULT_EXPERIMENT = "detune"
 DEFAULT_DB = "mlflow.db"  # MLflow 3's own default store: sqlite:///mlflow.db in the working directory
 ENV_VAR = "MLFLOW_TRACKING_URI"

@@ -39,6 +39,8 @@ from detune.study_files import (
     summarize,
 )
 
+__all__ = ["INTERRUPTED_STUDY", "STUDY_STATE", "check_study", "suggest_for_study", "trial_device", "tune"]
+
 STUDY_STATE = "study.json"
 
 

@@ -19,6 +19,8 @@ from typing import NamedTuple
 from detune.errors import TrackingError
 from detune.tracking_config import absolute_uri, clip, default_uri, env_uri, local_path, ui_url
 
+__all__ = ["LOOPBACK", "UiServer", "ui_command"]
+
 LOOPBACK = "127.0.0.1"
 
 
