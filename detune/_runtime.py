@@ -14,6 +14,8 @@ import secrets
 import shutil
 from pathlib import Path
 
+from detune._paths import atomic_write
+
 # Every switch measured in ../shared/STACK-NOTES.md; each one stops a network call or a write to $HOME.
 _ENV = {
     "YOLO_OFFLINE": "1",  # no is_online() DNS probe, no analytics, no pip update checks
@@ -86,7 +88,7 @@ def prepare(*, verbose: bool = False) -> Path:
                     runs_dir=str(Path("runs").resolve()))
     settings_file = ultra / "settings.json"
     if not settings_file.exists() or json.loads(settings_file.read_text() or "{}") != settings:
-        _atomic_write(settings_file, json.dumps(settings, indent=2))
+        atomic_write(settings_file, json.dumps(settings, indent=2))
     font = ultra / "Arial.ttf"  # check_font() downloads Arial.ttf unless it is here; any TTF renders the plots
     if not font.exists():
         dejavu = _matplotlib_data() / "fonts" / "ttf" / "DejaVuSans.ttf"
@@ -130,11 +132,7 @@ def local_ray_auth() -> Path | None:
     path = home() / "ray" / "auth_token"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))  # 256 bits, as Ray's own generator
-        tmp.replace(path)
+        atomic_write(path, secrets.token_hex(32), mode=0o600)  # 256 bits, as Ray's own generator
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
     return path
 
@@ -146,8 +144,3 @@ def quiet_loggers() -> None:
         for name in _CHATTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from detune._images import IMG_FORMATS, MAX_REPORTED, ImageChecker
+from detune._paths import atomic_write
 from detune._shapes import SHAPE_NAMES, ShapesSpec, make_shapes, make_shapes_from_spec, shapes_spec
 from detune.errors import ConfigError, DatasetError
 
@@ -86,15 +87,8 @@ class DatasetInfo:
         content = self.to_ultralytics()
         for key, files in (("train", self.train_files), ("val", self.val_files)):
             if files:
-                content[key] = str(_write_atomic(dest.with_name(f"{dest.stem}.{key}.txt"), "\n".join(files) + "\n"))
-        return _write_atomic(dest, yaml.safe_dump(content, sort_keys=False, allow_unicode=True))
-
-
-def _write_atomic(dest: Path, text: str) -> Path:
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")  # atomic: parallel trials write the same file
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(dest)
-    return dest
+                content[key] = str(atomic_write(dest.with_name(f"{dest.stem}.{key}.txt"), "\n".join(files) + "\n"))
+        return atomic_write(dest, yaml.safe_dump(content, sort_keys=False, allow_unicode=True))
 
 
 def check_dataset(data: str | Path, *, datasets_dir: str | Path | None = None) -> DatasetInfo:

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from detune._paths import atomic_write
 from detune.errors import ConfigError
 from detune.study_files import TRIAL_STATUSES
 
@@ -328,9 +329,7 @@ def write_report(data: StudyData, out_dir: str | os.PathLike[str], *, top: int =
             (out / name).unlink(missing_ok=True)
             problems.append(f"{name}: {type(e).__name__}: {e}")
     text = markdown(data, top=top, problems=problems)
-    tmp = out / f".report.md.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / "report.md")
+    atomic_write(out / "report.md", text)
     return out
 
 

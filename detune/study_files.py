@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from detune._paths import atomic_write
 from detune.errors import TuneError
 from detune.search_space import apply_params
 from detune.study import StudyConfig
@@ -120,13 +121,9 @@ def _csv(rows: list[dict[str, Any]], param_keys: list[str]) -> str:
 
 def write_atomic(path: Path, text: str) -> Path:
     """Write via a temp file and rename, so a full disk never leaves a partial file behind."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write(path, text)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise TuneError(f"could not write {path}: {e.strerror or e}; free disk space or choose another "
                         "output_dir (the Ray results in storage_path are kept)") from e
     return path

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from detune import _runtime
+from detune._paths import atomic_write
 from detune.adapters.base import STATE_FILE, read_state
 from detune.config import from_dict
 from detune.errors import ConfigError, TuneError
@@ -392,8 +393,8 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
         parent_run_id = tr.start_study_run(tcfg.replace(run_id=parent_run_id), name=study.name,
                                            params=_study_params(study))
     try:
-        _atomic_json(state_file, {"parent_run_id": parent_run_id, "name": study.name, "metric": study.metric,
-                                  "mode": study.mode})
+        atomic_write(state_file, json.dumps({"parent_run_id": parent_run_id, "name": study.name,
+                                             "metric": study.metric, "mode": study.mode}, indent=2))
         payload = {
             "train": train, "trials_dir": str(study.output_dir / "trials"), "name": study.name,
             "gpu": study.resources_per_trial["gpu"], "cpu": study.resources_per_trial["cpu"],
@@ -763,8 +764,3 @@ def _driver_callback(study: StudyConfig, tcfg: Any, parent_run_id: str | None) -
 
     return DriverCallback()
 
-
-def _atomic_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
