@@ -21,8 +21,8 @@ from detune.errors import ConfigError
 __all__ = ["DetuneWarning", "FIELDS", "INTERVALS", "LR_MULT_PARTS", "LR_SCALINGS", "MAX_BATCH", "MAX_CONFIG_BYTES",
            "MAX_DIVERGENCE_FACTOR", "MAX_EPOCHS", "MAX_IMGSZ", "MAX_LR", "MAX_LR_MULT", "MAX_SEED", "MAX_THREADS",
            "NOMINAL_BATCH", "OPTIMIZERS", "TrainConfig", "WARMUP_EPOCHS", "from_dict", "load_config", "lr_plan",
-           "optimizer_steps", "parse_device", "parse_overrides", "read_yaml", "schedule_kwargs",
-           "ultralytics_train_keys"]
+           "optimizer_steps", "parse_device", "parse_overrides", "read_yaml", "resolve_schedule_name",
+           "schedule_kwargs", "ultralytics_train_keys"]
 
 
 class DetuneWarning(UserWarning):
@@ -114,7 +114,7 @@ class TrainConfig:
 
     @property
     def schedule_name(self) -> str:
-        return self.scheduler or ("cosine" if self.cos_lr else "linear")
+        return resolve_schedule_name(self.scheduler, self.cos_lr)
 
     @property
     def accumulate(self) -> int:
@@ -143,6 +143,11 @@ class TrainConfig:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra")
+
+
+def resolve_schedule_name(scheduler: str | None, cos_lr: bool) -> str:
+    """The schedule a config runs: ``scheduler``, else Ultralytics' own (cosine with ``cos_lr``, else linear)."""
+    return scheduler or ("cosine" if cos_lr else "linear")
 
 
 def from_dict(values: Mapping[str, Any]) -> TrainConfig:

@@ -27,14 +27,13 @@ from typing import Any
 
 from detune._paths import atomic_write
 from detune.errors import ConfigError
-from detune.study_files import TRIAL_STATUSES
+from detune.study_files import TRIAL_COLUMNS, TRIAL_STATUSES
 
 __all__ = ["BASELINE", "FIGURES", "StudyData", "TrialData", "build_report", "load_experiment",
            "load_study_dir", "write_report"]
 
 BASELINE = {"lr0": 0.01, "scheduler": "linear"}  # Ultralytics' defaults (SGD lr0 0.01, linear decay)
 FIGURES = ("metric_vs_lr0.png", "parallel_coordinates.png", "metric_curves.png", "lr_curves.png")
-_BASE_COLUMNS = ("trial_id", "status", "best_metric", "best_epoch", "epochs_run", "reason")
 
 
 @dataclasses.dataclass
@@ -210,7 +209,7 @@ def _trial_from_row(row: Mapping[str, str], out: Path, ray_results: Mapping[str,
     params = _read_json(folder / "params.json") if folder is not None else None
     if not isinstance(params, dict):
         params = {k: safe_load(v) if v else None for k, v in row.items()
-                  if isinstance(k, str) and k not in _BASE_COLUMNS}
+                  if isinstance(k, str) and k not in TRIAL_COLUMNS}
     history = _history_from_ray(rows, metric) or _history_from_results_csv(out / "trials" / trial_id, metric)
     times = [r.get("time_total_s") for r in rows if isinstance(r.get("time_total_s"), (int, float))]
     return TrialData(trial_id=trial_id, status=row.get("status") or "unknown", params=dict(params),
@@ -247,11 +246,11 @@ def _history_from_results_csv(folder: Path, metric: str) -> list[dict[str, float
 
 def _effective(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """The trial's lr0 and schedule name: its params over the study's base config."""
+    from detune.config import resolve_schedule_name
     from detune.search_space import apply_params
 
     merged = apply_params(dict(base), {k: v for k, v in params.items() if isinstance(k, str)})
-    cosine = str(merged.get("cos_lr")).lower() == "true"
-    scheduler = merged.get("scheduler") or ("cosine" if cosine else "linear")
+    scheduler = resolve_schedule_name(merged.get("scheduler"), str(merged.get("cos_lr")).lower() == "true")
     return {"lr0": _float(merged.get("lr0", 0.01)), "scheduler": scheduler}
 
 
