@@ -64,7 +64,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 @contextlib.contextmanager
 def sigterm_as_ctrl_c() -> Iterator[None]:
     """While inside, SIGTERM raises ``_Terminated`` (a KeyboardInterrupt); the previous handler is put back
-    after. Every command gets it (the app callback); ``scripts/tune.py`` wraps ``run_tune`` in it."""
+    after. Every command gets it (the app callback)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -298,8 +298,8 @@ def _study_size(study: Any) -> int:
 
 def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | None, debug: bool,
              as_json: bool = False, quiet: bool = False, verbose: bool = False, fit: Any = None) -> int:
-    """Shared by ``detune tune`` and ``scripts/tune.py``: run (or resume) a study with live progress (the
-    library writes its report), print the summary; returns the exit code."""
+    """``detune tune``: run (or resume) a study with live progress (the library writes its report), print the
+    summary; returns the exit code."""
     from detune._progress import TuneDisplay, capture, tune_summary
     from detune.study import load_study
 
@@ -337,7 +337,7 @@ def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | 
     try:
         _emit(term, as_json, *tune_summary(result, study, report=report, log=None if verbose else log,
                                            elapsed=time.time() - started, interrupted=interrupted))
-    except typer.Exit as e:  # stdout closed by its reader: a code, never an exception for scripts/tune.py
+    except typer.Exit as e:  # stdout closed by its reader: a code, never an exception for callers
         return int(e.exit_code)
     if interrupted:
         typer.echo(hint, err=True)
@@ -346,19 +346,10 @@ def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | 
 
 
 def _parse(overrides: list[str], verbose: bool) -> dict[str, Any]:
-    """Study overrides as ``load_study`` takes them: dotted keys stay dotted (``train.epochs=3``,
-    ``search_space.momentum={choice: [0.9, 0.937]}`` change one key of that mapping; nested, they would
-    replace the whole ``train`` or ``search_space`` mapping)."""
-    from detune.config import parse_overrides
+    """Study overrides as ``load_study`` takes them (``detune.study.parse_study_overrides``), plus --verbose."""
+    from detune.study import parse_study_overrides
 
-    values: dict[str, Any] = {}
-    for pair in overrides:
-        key = pair.partition("=")[0]
-        value: Any = parse_overrides([pair])
-        for part in key.split("."):
-            value = value[part]
-        values.pop(key, None)  # a repeated key counts at its last position
-        values[key] = value
+    values = parse_study_overrides(overrides)
     if verbose:
         values["train.verbose"] = True
     return values

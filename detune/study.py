@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from detune.config import TrainConfig, from_dict, read_yaml
+from detune.config import TrainConfig, from_dict, parse_overrides, read_yaml
 from detune.errors import ConfigError
 from detune.search_space import Dim, parse_search_space
 
-__all__ = ["MODES", "SEARCHES", "StudyConfig", "TRIAL_SCHEDULERS", "load_study"]
+__all__ = ["MODES", "SEARCHES", "StudyConfig", "TRIAL_SCHEDULERS", "load_study", "parse_study_overrides"]
 
 SEARCHES = ("random", "grid", "optuna", "hyperopt", "bohb")
 TRIAL_SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
@@ -215,3 +215,23 @@ def _validate(s: StudyConfig) -> None:
     if s.resources_per_trial["gpu"] == 0 and s.train.device not in ("cpu", "auto"):
         raise ConfigError(f"train.device ({s.train.device!r}) asks for a GPU but resources_per_trial.gpu is 0; "
                           "set resources_per_trial: {gpu: 1} (Ray assigns the GPU to each trial)")
+
+
+def parse_study_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` strings as ``load_study`` takes them: dotted keys stay dotted (``train.epochs=3``,
+    ``search_space.momentum={choice: [0.9, 0.937]}`` change one key of that mapping; nested, they would
+    replace the whole ``train`` or ``search_space`` mapping). A repeated key counts at its last position.
+
+    Raises:
+        ConfigError: a pair without ``=`` or with a value that is not YAML.
+    """
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key = pair.partition("=")[0]
+        value: Any = parse_overrides([pair])
+        for part in key.split("."):
+            value = value[part]
+        values.pop(key, None)
+        values[key] = value
+    return values
+
