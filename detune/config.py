@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import importlib.util
 import math
@@ -16,7 +15,7 @@ from typing import Any
 import yaml
 
 from detune._yaml import YamlRefused, safe_load
-from detune.errors import ConfigError
+from detune.errors import ConfigError, did_you_mean
 
 __all__ = ["DetuneWarning", "FIELDS", "INTERVALS", "LR_MULT_PARTS", "LR_SCALINGS", "MAX_BATCH", "MAX_CONFIG_BYTES",
            "MAX_DIVERGENCE_FACTOR", "MAX_EPOCHS", "MAX_IMGSZ", "MAX_LR", "MAX_LR_MULT", "MAX_SEED", "MAX_THREADS",
@@ -246,8 +245,8 @@ def _check_extra_key(key: str) -> None:
         raise ConfigError(f"{key!r} cannot be set through detune: {_RESERVED[key]}")
     known = ultralytics_train_keys()
     if key not in known:
-        close = difflib.get_close_matches(key, [*FIELDS, *known], n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see `detune train --help` for valid keys"
+        close = did_you_mean(key, [*FIELDS, *known], n=3)
+        hint = f"; {close}" if close else "; see `detune train --help` for valid keys"
         raise ConfigError(f"unknown setting {key!r}{hint}")
 
 

@@ -6,13 +6,12 @@ No Ray import here: ``detune.tuning`` turns ``Dim`` objects into Ray Tune domain
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from detune.config import FIELDS, TrainConfig, from_dict, ultralytics_train_keys
-from detune.errors import ConfigError
+from detune.errors import ConfigError, did_you_mean
 
 __all__ = ["DISTRIBUTIONS", "Dim", "apply_params", "baseline_point", "parse_search_space"]
 
@@ -103,8 +102,8 @@ def _flatten(raw: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 def _parse_dim(key: str, spec: Mapping[str, Any]) -> Dim:
     top = key.split(".")[0]
     if top not in FIELDS and top not in ultralytics_train_keys():
-        close = difflib.get_close_matches(top, [*FIELDS, *ultralytics_train_keys()], n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        close = did_you_mean(top, [*FIELDS, *ultralytics_train_keys()], n=3)
+        hint = f"; {close}" if close else ""
         raise ConfigError(f"search_space.{key}: {top!r} is not a train setting{hint}")
     kind, args = next(iter(spec.items()))
     arity, rule = DISTRIBUTIONS[kind]

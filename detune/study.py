@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from detune.config import TrainConfig, from_dict, parse_overrides, read_yaml
-from detune.errors import ConfigError
+from detune.errors import ConfigError, did_you_mean
 from detune.search_space import Dim, parse_search_space
 
 __all__ = ["MODES", "SEARCHES", "StudyConfig", "TRIAL_SCHEDULERS", "load_study", "parse_study_overrides"]
@@ -67,8 +66,8 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
     raw = _merge_overrides(raw, overrides, base_dir)
     unknown = [k for k in raw if k not in _STUDY_KEYS]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], _STUDY_KEYS, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(_STUDY_KEYS)}"
+        close = did_you_mean(unknown[0], _STUDY_KEYS, n=3)
+        hint = f"; {close}" if close else f"; valid keys: {', '.join(_STUDY_KEYS)}"
         raise ConfigError(f"unknown study setting {unknown[0]!r}{hint}")
     train_raw = raw.get("train") or {}
     if isinstance(train_raw, (str, os.PathLike)):
@@ -168,8 +167,8 @@ def _set_dotted(target: dict[str, Any], parts: list[str], value: Any, where: str
 def _validate(s: StudyConfig) -> None:
     def choice(field: str, value: Any, valid: tuple[str, ...]) -> None:
         if value not in valid:
-            close = difflib.get_close_matches(str(value), valid, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            close = did_you_mean(value, valid)
+            hint = f" ({close})" if close else ""
             raise ConfigError(f"{field} ({value!r}) must be one of {', '.join(valid)}{hint}")
 
     choice("search", s.search, SEARCHES)

@@ -11,7 +11,6 @@ the children of trials the scheduler stopped.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import math
 import os
@@ -29,7 +28,7 @@ from detune import _runtime
 from detune._paths import atomic_write
 from detune.adapters.base import STATE_FILE, read_state
 from detune.config import from_dict
-from detune.errors import ConfigError, TuneError
+from detune.errors import ConfigError, TuneError, did_you_mean
 from detune.search_space import Dim, baseline_point
 from detune.study import StudyConfig, load_study
 from detune.study_files import (
@@ -168,8 +167,9 @@ def check_study(study: StudyConfig) -> None:
                 raise ConfigError(f"{field}.{key} is set by detune from {_SET_BY_DETUNE[key]}; remove it")
             if key not in accepted:
                 valid = [n for n in accepted if n not in _SET_BY_DETUNE]
-                close = [n for n in valid if key in n] or difflib.get_close_matches(key, valid, n=1)
-                hint = f"did you mean {close[0]}? " if close else ""
+                within = next((n for n in valid if key in n), None)  # a shortened name first: lr -> lr_min
+                close = f"did you mean {within}?" if within else did_you_mean(key, valid)
+                hint = f"{close} " if close else ""
                 raise ConfigError(f"{field}.{key} is not a parameter of {cls.__name__} ({what}); {hint}valid: "
                                   f"{', '.join(valid) or 'none'}")
 
