@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from detune._checks import is_number as _is_number
 from detune.errors import ConfigError
 
 Mode = Literal["exponential", "linear"]
@@ -86,10 +87,6 @@ class FinderSettings:
 
 def _fail(field: str, value: Any, rule: str, fix: str) -> None:
     raise ConfigError(f"{field} ({value!r}) {rule}; {fix}")
-
-
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 # ---- the sweep ---------------------------------------------------------------------------------------

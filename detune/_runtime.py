@@ -1,8 +1,8 @@
 """The process environment detune trains in: offline, quiet, with a private Ultralytics config dir.
 
-Nothing here runs at ``import detune``. ``prepare()`` is called by the adapter, tracking and tuning
-modules right before they import Ultralytics, MLflow or Ray, because those libraries read these
-variables at import time. The user's own Ultralytics settings file is never read or written.
+Nothing here runs at ``import detune``. ``prepare()`` is called by the adapter and tuning modules right
+before they import Ultralytics or Ray, ``prepare_env()`` (the variables only, no file written) by the
+tracking package before it imports MLflow, because those libraries read these variables at import time. The user's own Ultralytics settings file is never read or written.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from detune._checks import is_number
 from detune._yaml import YamlRefused, safe_load
 from detune.errors import ConfigError, did_you_mean
 
@@ -259,7 +260,7 @@ def _number(cfg: TrainConfig, field: str, kind: type = float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         _fail(field, value, f"must be {'an integer' if kind is int else 'a number'}", f"set e.g. {field}: "
               f"{getattr(TrainConfig, field, 1)}")
-    if isinstance(value, float) and not math.isfinite(value):
+    if not is_number(value):
         _fail(field, value, "must be finite", "use a finite number")
     return value
 

@@ -6,10 +6,10 @@ No Ray import here: ``detune.tuning`` turns ``Dim`` objects into Ray Tune domain
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
+from detune._checks import is_number
 from detune.config import FIELDS, TrainConfig, from_dict, ultralytics_train_keys
 from detune.errors import ConfigError, did_you_mean
 
@@ -117,7 +117,7 @@ def _parse_dim(key: str, spec: Mapping[str, Any]) -> Dim:
     if not isinstance(args, list) or not args or (arity is not None and len(args) != arity):
         raise ConfigError(f"{where} ({args!r}) must be {rule}")
     if arity is not None:
-        if not all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in args):
+        if not all(is_number(a) for a in args):
             raise ConfigError(f"{where} ({args!r}) must hold finite numbers: {rule}")
         low, high = args[0], args[1]
         if not low < high or (kind == "loguniform" and low <= 0) or (kind == "quniform" and args[2] <= 0):
