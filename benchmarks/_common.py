@@ -64,7 +64,7 @@ def machine_facts() -> dict[str, Any]:
 
 def shapes(**spec: Any) -> Path:
     """The generated shapes dataset (made once under detune's home), as a data YAML path."""
-    from detune.training import resolve_data
+    from detune.datasets import resolve_data
 
     return resolve_data("shapes:" + ",".join(f"{k}={v}" for k, v in spec.items()))
 

@@ -32,7 +32,7 @@ def build_only_fit(cfg: Any, data_yaml: Path, *, observer: Any = None, resume_fr
     import torch
     from ultralytics import YOLO
 
-    from detune.adapters.ultralytics import STATE_FILE, RunOutcome
+    from detune.adapters.base import STATE_FILE, RunOutcome
 
     entered = time.time()
     model = YOLO(cfg.model)

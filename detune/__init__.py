@@ -66,7 +66,13 @@ if TYPE_CHECKING:
     from detune.tuning import tune
 
 
+# Subpackages reachable as attributes after ``import detune`` (loaded on first use, like the names above).
+_SUBMODULES = ("schedules",)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"detune.{name}")  # the import system sets it as an attribute
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'detune' has no attribute {name!r}")
@@ -76,4 +82,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return sorted([*globals(), *_EXPORTS, *_SUBMODULES])

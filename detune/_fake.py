@@ -1,11 +1,15 @@
-"""A fake trainer with the adapter's ``fit`` signature: fast, deterministic curves for tests of tuning.
+"""The fake trainer (``detune.adapters.base.Fit``): fast, deterministic runs for unit tests, passed as ``fit=``.
 
-Metrics follow a formula peaked at lr0 = 0.01 (log scale) that grows with epochs; lr0 >= 1 diverges and
-0.5 <= lr0 < 1 crashes in its second epoch (a simulated out-of-memory error).
-It writes ``last.pt`` (a small JSON stand-in) and ``detune_state.json`` like the real adapter, so
-checkpoints, resume and PBT exploits go through the same code paths.
-While the file named by ``DETUNE_FAKE_HOLD`` exists, it waits after each epoch (a study held mid-way for a
-test of Ctrl-C or of a second study, however fast or slow the machine is).
+A training: metrics follow a formula peaked at lr0 = 0.01 (log scale) that grows with epochs; lr0 >= 1
+diverges and 0.5 <= lr0 < 1 crashes in its second epoch (a simulated out-of-memory error). It writes
+``last.pt`` (a small JSON stand-in) and ``detune_state.json`` like the real adapter, so checkpoints, resume
+and PBT exploits go through the same code paths. While the file named by ``DETUNE_FAKE_HOLD`` exists, it
+waits after each epoch (a study held mid-way for a test of Ctrl-C or of a second study, however fast or slow
+the machine is).
+
+A probe run (the LR range test): the batch loss at lr is ``curve(lr)``; a non-finite loss ends it
+``diverged`` (as the adapter's guard does), a probe asking to stop ends it ``stopped``.
+``Fake(...)`` makes a trainer with another curve or batch count that records the configs it ran.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from detune.adapters.ultralytics import STATE_FILE, RunOutcome
+from detune.adapters.base import STATE_FILE, Probe, RunOutcome
 from detune.config import TrainConfig
+
+__all__ = ["STEPS_PER_EPOCH", "Fake", "fit", "score", "u_curve"]
 
 STEPS_PER_EPOCH = 4
 
@@ -28,7 +35,61 @@ def score(lr0: float, epoch: int) -> float:
     return 0.8 * math.exp(-(math.log10(lr0 / 0.01)) ** 2) * (1 - math.exp(-epoch / 2))
 
 
-def fit(cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from: Path | None = None) -> RunOutcome:
+def u_curve(lr: float) -> float:
+    """A range test's loss: falls fastest at lr = 1e-3 (the tanh inflection), bottoms out near 0.1, then rises
+    steeply."""
+    x = math.log10(lr)
+    return 2.0 - math.tanh(2.0 * (x + 3.0)) + 20.0 * max(0.0, x + 1.0) ** 2
+
+
+class Fake:
+    """A fake trainer; ``configs`` records every config it ran, ``lrs_applied`` every lr a probe set.
+
+    Args:
+        curve: the batch loss at an lr, for probe runs.
+        batches_per_epoch: of probe runs (trainings make ``STEPS_PER_EPOCH``).
+        status: "failed" makes probe runs fail at once.
+    """
+
+    def __init__(self, curve: Callable[[float], float] = u_curve, batches_per_epoch: int = 40,
+                 status: str | None = None) -> None:
+        self.curve, self.batches_per_epoch, self.status = curve, batches_per_epoch, status
+        self.configs: list[TrainConfig] = []
+        self.lrs_applied: list[float] = []
+
+    def __call__(self, cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from: Path | None = None,
+                 probe: Probe | None = None) -> RunOutcome:
+        self.configs.append(cfg)
+        if probe is None:
+            return _train(cfg, observer=observer, resume_from=resume_from)
+        save = Path(cfg.project) / cfg.name
+        save.mkdir(parents=True, exist_ok=True)
+        info = {"batches_per_epoch": self.batches_per_epoch, "steps_per_epoch": self.batches_per_epoch,
+                "save_dir": str(save), "device": "cpu"}
+        if observer is not None and hasattr(observer, "on_start"):
+            observer.on_start(dict(info))
+        if self.status == "failed":
+            return RunOutcome("failed", [], save, {}, [], info, reason="RuntimeError: boom")
+        for step in range(cfg.epochs * self.batches_per_epoch):
+            lr = probe.lr(step)
+            self.lrs_applied.append(lr)
+            loss = self.curve(lr)
+            if not math.isfinite(loss):  # the adapter's guard stops before on_loss sees it
+                return RunOutcome("diverged", [], save, {}, [], info, reason=f"loss is {loss} at step {step}")
+            if probe.on_loss(step, loss):
+                return RunOutcome("stopped", [], save, {}, [], info)
+        return RunOutcome("completed", [], save, {}, [], info)
+
+
+def fit(cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from: Path | None = None,
+        probe: Probe | None = None) -> RunOutcome:
+    """The default fake: trainings as described above, probe runs on ``u_curve``."""
+    if probe is not None:
+        return Fake()(cfg, data_yaml, observer=observer, probe=probe)
+    return _train(cfg, observer=observer, resume_from=resume_from)
+
+
+def _train(cfg: TrainConfig, *, observer: Any = None, resume_from: Path | None = None) -> RunOutcome:
     save_dir = Path(cfg.project).resolve() / cfg.name
     weights = save_dir / "weights"
     weights.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from detune._checks import is_number as _is_number
 from detune.errors import ConfigError
 
 Mode = Literal["exponential", "linear"]
@@ -88,10 +89,6 @@ def _fail(field: str, value: Any, rule: str, fix: str) -> None:
     raise ConfigError(f"{field} ({value!r}) {rule}; {fix}")
 
 
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
 # ---- the sweep ---------------------------------------------------------------------------------------
 def lr_at(step: int, *, min_lr: float, max_lr: float, num_iters: int, mode: str = "exponential") -> float:
     """lr of optimizer step ``step`` (from 0): ``min_lr`` at 0, ``max_lr`` at ``num_iters - 1``, held beyond.
@@ -130,16 +127,6 @@ class LossSmoother:
         self.count += 1
         self.avg = self.beta * self.avg + (1.0 - self.beta) * loss
         return self.avg / (1.0 - self.beta ** self.count)
-
-
-def smooth_losses(losses: Sequence[float], smoothing: float = 0.05) -> list[float]:
-    """Bias-corrected EMA of every loss (NaN where the loss is not finite).
-
-    >>> smooth_losses([4.0, 2.0], smoothing=0.5)
-    [4.0, 2.6666666666666665]
-    """
-    smoother = LossSmoother(smoothing)
-    return [smoother.update(float(v)) for v in losses]
 
 
 class StopRule:
@@ -181,21 +168,6 @@ class StopRule:
 def stop_warmup(num_iters: int) -> int:
     """Points at the start of a sweep of ``num_iters`` that the factor rule ignores."""
     return trim(num_iters)[0]
-
-
-def find_stop(losses: Sequence[float], smoothing: float = 0.05, stop_factor: float | None = 4.0,
-              warmup: int = 0) -> tuple[int | None, str | None]:
-    """Replay the stop rule over a curve: the index the sweep stops at (None: it runs to the end), and why.
-
-    >>> find_stop([2.0, 1.0, 1.0, 5.0], smoothing=1.0)
-    (3, 'smoothed loss 5 exceeded 4 x its minimum 1 at iteration 3')
-    """
-    smoother, rule = LossSmoother(smoothing), StopRule(stop_factor, warmup)
-    for i, loss in enumerate(losses):
-        reason = rule.check(i, float(loss), smoother.update(float(loss)))
-        if reason is not None:
-            return i, reason
-    return None, None
 
 
 # ---- suggestions -------------------------------------------------------------------------------------

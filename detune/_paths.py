@@ -80,3 +80,25 @@ def writable_file(path: str | os.PathLike[str], *, field: str, kind: str = "file
     target = Path(os.path.abspath(given))
     _check(target.parent, given, field, error)
     return target
+
+
+def atomic_write(path: str | os.PathLike[str], text: str, *, mode: int | None = None) -> Path:
+    """Write ``text`` to ``path`` via a temp file (its name holds the pid: parallel writers of one file never
+    share a temp) and a rename, so a reader or a full disk never sees a partial file; ``mode`` sets the
+    permissions the file is created with (e.g. 0o600 for a secret). Missing parent folders are created.
+
+    Raises:
+        OSError: the write failed (the temp file is removed).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if mode is not None:  # created with its permissions before any byte is written
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode))
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

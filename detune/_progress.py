@@ -304,7 +304,8 @@ class TrainDisplay(_StepBar):
 
 
 class FinderDisplay(_StepBar):
-    """Observer and probe wrapper of an LR range test: step, lr and loss as the sweep goes."""
+    """Observer of an LR range test (``detune.lr_finder.range_test(observers=...)``): step, lr and loss as the
+    sweep goes."""
 
     def __init__(self, term: Terminal, *, num_iters: int | None) -> None:
         super().__init__(term, "LR range test")
@@ -320,18 +321,8 @@ class FinderDisplay(_StepBar):
     def on_step(self, step: int, epoch: int, lrs: Sequence[float]) -> None:
         self.lr = lrs[0] if lrs else math.nan
 
-    def wrap_probe(self, probe: Any) -> Any:
-        display = self
-
-        class _Probe:
-            def lr(self, step: int) -> float:
-                return float(probe.lr(step))
-
-            def on_loss(self, step: int, loss: float) -> bool:
-                display.update(completed=step + 1, info=f"lr {display.lr:.3g}  loss {loss:.4g}")
-                return bool(probe.on_loss(step, loss))
-
-        return _Probe()
+    def on_loss(self, step: int, loss: float) -> None:
+        self.update(completed=step + 1, info=f"lr {self.lr:.3g}  loss {loss:.4g}")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The process environment detune trains in: offline, quiet, with a private Ultralytics config dir.
 
-Nothing here runs at ``import detune``. ``prepare()`` is called by the adapter, tracking and tuning
-modules right before they import Ultralytics, MLflow or Ray, because those libraries read these
-variables at import time. The user's own Ultralytics settings file is never read or written.
+Nothing here runs at ``import detune``. ``prepare()`` is called by the adapter and tuning modules right
+before they import Ultralytics or Ray, ``prepare_env()`` (the variables only, no file written) by the
+tracking package before it imports MLflow, because those libraries read these variables at import time.
+The user's own Ultralytics settings file is never read or written.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import secrets
 import shutil
 from pathlib import Path
+
+from detune._paths import atomic_write
 
 # Every switch measured in ../shared/STACK-NOTES.md; each one stops a network call or a write to $HOME.
 _ENV = {
@@ -62,6 +65,16 @@ def home() -> Path:
     return Path(os.environ.get("DETUNE_HOME") or Path.home() / ".cache" / "detune").expanduser().resolve()
 
 
+def _matplotlib_data() -> Path:
+    """matplotlib's bundled data folder, found without importing matplotlib (detune._plotting is its home)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("Ultralytics needs matplotlib: pip install matplotlib")
+    return Path(next(iter(spec.submodule_search_locations))) / "mpl-data"
+
+
 def prepare(*, verbose: bool = False) -> Path:
     """Set the offline/quiet environment and the private Ultralytics config dir; return that dir.
 
@@ -76,19 +89,24 @@ def prepare(*, verbose: bool = False) -> Path:
                     runs_dir=str(Path("runs").resolve()))
     settings_file = ultra / "settings.json"
     if not settings_file.exists() or json.loads(settings_file.read_text() or "{}") != settings:
-        _atomic_write(settings_file, json.dumps(settings, indent=2))
+        atomic_write(settings_file, json.dumps(settings, indent=2))
     font = ultra / "Arial.ttf"  # check_font() downloads Arial.ttf unless it is here; any TTF renders the plots
     if not font.exists():
-        import matplotlib
-
-        dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        dejavu = _matplotlib_data() / "fonts" / "ttf" / "DejaVuSans.ttf"
         tmp = font.with_suffix(".tmp")
         shutil.copyfile(dejavu, tmp)
         tmp.replace(font)
-    for key, value in _ENV.items():
-        os.environ.setdefault(key, value)
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     os.environ.setdefault("MPLCONFIGDIR", str(root / "matplotlib"))
+    prepare_env(verbose=verbose)
+    return config_dir
+
+
+def prepare_env(*, verbose: bool = False) -> None:
+    """The offline/quiet environment variables and logger levels only: no file is read or written (what
+    reading an MLflow store needs; ``prepare`` adds the Ultralytics settings). Idempotent."""
+    for key, value in _ENV.items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("RAY_TMPDIR", "/tmp/ray")
     _STATE["verbose"] = verbose
     if not verbose:
@@ -96,7 +114,6 @@ def prepare(*, verbose: bool = False) -> Path:
         for key, value in _QUIET_ENV.items():
             os.environ.setdefault(key, value)
         quiet_loggers()
-    return config_dir
 
 
 def local_ray_auth() -> Path | None:
@@ -116,11 +133,7 @@ def local_ray_auth() -> Path | None:
     path = home() / "ray" / "auth_token"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))  # 256 bits, as Ray's own generator
-        tmp.replace(path)
+        atomic_write(path, secrets.token_hex(32), mode=0o600)  # 256 bits, as Ray's own generator
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
     return path
 
@@ -132,8 +145,3 @@ def quiet_loggers() -> None:
         for name in _CHATTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

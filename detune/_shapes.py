@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from detune.errors import DatasetError
+from detune.errors import DatasetError, did_you_mean
 
 if TYPE_CHECKING:
     import numpy as np
@@ -246,13 +246,12 @@ def _draw_shape(
 
 def spec_from_mapping(values: dict[str, Any], *, source: str) -> ShapesSpec:
     """Build a ``ShapesSpec`` from a mapping (a YAML file's content); unknown keys raise with a suggestion."""
-    import difflib
 
     fields = set(ShapesSpec.__dataclass_fields__)
     for key in values:
         if key not in fields:
-            close = difflib.get_close_matches(str(key), sorted(fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(fields))}"
+            close = did_you_mean(key, sorted(fields), quote=True)
+            hint = f"; {close}" if close else f"; valid keys: {', '.join(sorted(fields))}"
             raise DatasetError(f"{source}: unknown key {key!r}{hint}")
     return ShapesSpec(**values)
 

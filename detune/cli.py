@@ -26,6 +26,8 @@ import typer
 
 from detune.errors import ConfigError, DetuneError
 
+__all__ = ["BROKEN_PIPE", "INTERRUPTED", "TERMINATED", "app", "data_app", "main", "run_tune", "sigterm_as_ctrl_c"]
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   pretty_exceptions_show_locals=False,
                   help="Learning-rate control and tuning for Ultralytics YOLO, logged to MLflow.")
@@ -62,7 +64,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 @contextlib.contextmanager
 def sigterm_as_ctrl_c() -> Iterator[None]:
     """While inside, SIGTERM raises ``_Terminated`` (a KeyboardInterrupt); the previous handler is put back
-    after. Every command gets it (the app callback); ``scripts/tune.py`` wraps ``run_tune`` in it."""
+    after. Every command gets it (the app callback)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -156,6 +158,13 @@ def _emit(term: Any, as_json: bool, data: dict[str, Any], lines: list[str]) -> N
         raise typer.Exit(BROKEN_PIPE) from None
 
 
+def _fit_of(ctx: typer.Context) -> Any:
+    """The trainer a caller injected as ``obj={"fit": ...}`` (tests: ``CliRunner().invoke(app, args,
+    obj={"fit": detune._fake.fit})``; see ``detune.adapters.base.Fit``); None: the Ultralytics adapter."""
+    obj = ctx.find_root().obj
+    return obj.get("fit") if isinstance(obj, dict) else None
+
+
 def _terminal(quiet: bool, verbose: bool = False) -> Any:
     from detune._progress import Terminal
 
@@ -182,7 +191,7 @@ def _main(ctx: typer.Context,
 # train
 # ---------------------------------------------------------------------------------------------------------
 @app.command()
-def train(config: ConfigArg = None, overrides: Overrides = None, as_json: JsonOpt = False,
+def train(ctx: typer.Context, config: ConfigArg = None, overrides: Overrides = None, as_json: JsonOpt = False,
           quiet: QuietOpt = False, verbose: VerboseOpt = False, debug: DebugOpt = False) -> None:
     """Train a YOLO model under detune's LR control, with epoch/step progress.
 
@@ -211,7 +220,7 @@ def train(config: ConfigArg = None, overrides: Overrides = None, as_json: JsonOp
     def run() -> Any:
         try:
             with capture(temp_log, verbose=verbose), display, _warn_now(term):
-                state["result"] = training.run(cfg, observers=[display])
+                state["result"] = training.run(cfg, observers=[display], fit=_fit_of(ctx))
             return state["result"]
         except DetuneError:
             state["refused"] = True
@@ -295,9 +304,9 @@ def _study_size(study: Any) -> int:
 
 
 def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | None, debug: bool,
-             as_json: bool = False, quiet: bool = False, verbose: bool = False) -> int:
-    """Shared by ``detune tune`` and ``scripts/tune.py``: run (or resume) a study with live progress, write
-    its report, print the summary; returns the exit code."""
+             as_json: bool = False, quiet: bool = False, verbose: bool = False, fit: Any = None) -> int:
+    """``detune tune``: run (or resume) a study with live progress (the library writes its report), print the
+    summary; returns the exit code."""
     from detune._progress import TuneDisplay, capture, tune_summary
     from detune.study import load_study
 
@@ -324,18 +333,18 @@ def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | 
                 # folders checked and the study locked before detune.log is opened in output_dir
                 with open_study(study, resume=resume), capture(log, verbose=verbose, ultralytics_log=False), \
                         display:
-                    return tune(study, resume=resume, address=address, progress=progress)
+                    return tune(study, resume=resume, address=address, progress=progress, fit=fit)
 
             hint = f"interrupted: the study in {study.output_dir} can be resumed with: {resume_cmd}"
             result = _guard(run, debug, interrupted=hint)
             interrupted = watch.fired
-        report = _study_report(study, started, debug)
+        report = result.report  # written once, by detune.tuning.tune
     except typer.Exit as e:
         return int(e.exit_code)
     try:
         _emit(term, as_json, *tune_summary(result, study, report=report, log=None if verbose else log,
                                            elapsed=time.time() - started, interrupted=interrupted))
-    except typer.Exit as e:  # stdout closed by its reader: a code, never an exception for scripts/tune.py
+    except typer.Exit as e:  # stdout closed by its reader: a code, never an exception for callers
         return int(e.exit_code)
     if interrupted:
         typer.echo(hint, err=True)
@@ -344,44 +353,17 @@ def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | 
 
 
 def _parse(overrides: list[str], verbose: bool) -> dict[str, Any]:
-    """Study overrides as ``load_study`` takes them: dotted keys stay dotted (``train.epochs=3``,
-    ``search_space.momentum={choice: [0.9, 0.937]}`` change one key of that mapping; nested, they would
-    replace the whole ``train`` or ``search_space`` mapping)."""
-    from detune.config import parse_overrides
+    """Study overrides as ``load_study`` takes them (``detune.study.parse_study_overrides``), plus --verbose."""
+    from detune.study import parse_study_overrides
 
-    values: dict[str, Any] = {}
-    for pair in overrides:
-        key = pair.partition("=")[0]
-        value: Any = parse_overrides([pair])
-        for part in key.split("."):
-            value = value[part]
-        values.pop(key, None)  # a repeated key counts at its last position
-        values[key] = value
+    values = parse_study_overrides(overrides)
     if verbose:
         values["train.verbose"] = True
     return values
 
 
-def _study_report(study: Any, started: float, debug: bool) -> Path | None:
-    """The report of a study (reused when ``detune.tuning.tune`` already wrote it); a failure is a warning,
-    never a failed study."""
-    from detune.report import build_report
-
-    existing = study.output_dir / "report" / "report.md"
-    if existing.is_file() and existing.stat().st_mtime >= started:
-        return existing
-    try:
-        return build_report(study.output_dir, metric=study.metric, mode=study.mode) / "report.md"
-    except Exception as e:  # noqa: BLE001 - the study's results are written already
-        if debug:
-            raise
-        typer.echo(f"warning: no report: {type(e).__name__}: {e}; retry with: detune report "
-                   f"{study.output_dir}", err=True)
-        return None
-
-
 @app.command()
-def tune(config: Annotated[str, typer.Argument(help="Study YAML, e.g. configs/quick.yaml.")],
+def tune(ctx: typer.Context, config: Annotated[str, typer.Argument(help="Study YAML, e.g. configs/quick.yaml.")],
          overrides: Overrides = None,
          address: Annotated[str | None, typer.Option(help="Join a Ray cluster: auto or "
                                                      "ray://host:10001.")] = None,
@@ -403,7 +385,7 @@ def tune(config: Annotated[str, typer.Argument(help="Study YAML, e.g. configs/qu
       detune tune configs/quick.yaml --resume
     """
     code = run_tune(config, list(overrides or []), resume=resume, address=address, debug=debug,
-                    as_json=as_json, quiet=quiet, verbose=verbose)
+                    as_json=as_json, quiet=quiet, verbose=verbose, fit=_fit_of(ctx))
     raise typer.Exit(code)
 
 
@@ -412,7 +394,7 @@ def tune(config: Annotated[str, typer.Argument(help="Study YAML, e.g. configs/qu
 # lr-find
 # ---------------------------------------------------------------------------------------------------------
 @app.command("lr-find")
-def lr_find(config: ConfigArg = None, overrides: Overrides = None,
+def lr_find(ctx: typer.Context, config: ConfigArg = None, overrides: Overrides = None,
             out: Annotated[Path | None, typer.Option("--out", "-o", help="Plot PNG (default: "
                                                      "<project>/lr_find.png).")] = None,
             method: Annotated[str, typer.Option(help="valley (default), steepest or min_div_10.")] = "valley",
@@ -449,16 +431,11 @@ def lr_find(config: ConfigArg = None, overrides: Overrides = None,
     created = first_missing(plot.parent)  # removed again when a check refuses the sweep before compute
 
     def run() -> Any:
-        from detune.adapters import ultralytics as adapter
         from detune.lr_finder import range_test
-
-        def fit(cfg: Any, data: Any, *, observer: Any = None, probe: Any = None, **kw: Any) -> Any:
-            wrapped = display.wrap_probe(probe) if probe is not None else None
-            return adapter.fit(cfg, data, observer=_Both(observer, display), probe=wrapped, **kw)
 
         try:
             with capture(log, verbose=verbose), display:
-                return range_test(cfg, settings, fit=fit)
+                return range_test(cfg, settings, fit=_fit_of(ctx), observers=[display])
         except DetuneError:
             if math.isnan(display.lr):  # no step swept: nothing to keep
                 remove_empty(log, created)
@@ -470,24 +447,6 @@ def lr_find(config: ConfigArg = None, overrides: Overrides = None,
     found = result.suggest(method)
     if found.lr is None:
         _fail(f"the LR finder gave no {method} suggestion: {found.reason}")
-
-
-class _Both:
-    """Two adapter observers as one (the range test's own and the progress display)."""
-
-    def __init__(self, first: Any, second: Any) -> None:
-        self.observers = [o for o in (first, second) if o is not None]
-
-    def __getattr__(self, name: str) -> Any:
-        fns = [getattr(o, name) for o in self.observers if hasattr(o, name)]
-        if not fns:
-            raise AttributeError(name)
-
-        def call(*args: Any) -> None:
-            for fn in fns:
-                fn(*args)
-
-        return call
 
 
 def _finder_config(config: str | None, overrides: list[str] | None, verbose: bool) -> tuple[Any, Any, str]:
@@ -529,19 +488,15 @@ def schedule(config: ConfigArg = None, overrides: Overrides = None,
     """
     from detune._paths import writable_file
     from detune._progress import schedule_summary
-    from detune.config import load_config, schedule_kwargs
-    from detune.schedules import build_plan, key_points, peak_lr, plot
+    from detune.config import load_config, lr_plan
+    from detune.schedules import key_points, peak_lr, plot
 
     term = _terminal(True)
     path, values = _guard(lambda: _split(config, overrides), debug)
     cfg = _guard(lambda: load_config(path, **values), debug)
     _guard(lambda: writable_file(out, field="--out", kind="a .png file"), debug)
     spe, source = _guard(lambda: _steps_per_epoch(cfg, steps_per_epoch), debug)
-    plan = _guard(lambda: build_plan(
-        scheduler=cfg.schedule_name, scheduler_params=schedule_kwargs(cfg), lr0=cfg.effective_lr0,
-        epochs=cfg.epochs, steps_per_epoch=spe, interval=cfg.scheduler_interval,
-        warmup_epochs=cfg.warmup_epochs, warmup_bias_lr=cfg.warmup_bias_lr,
-        warmup_momentum=cfg.warmup_momentum, momentum=cfg.momentum), debug)
+    plan = _guard(lambda: lr_plan(cfg, spe), debug)
     png = _guard(lambda: plot(plan, out, log_y=log_y), debug)
     points = [{"step": s, "epoch": plan.epoch_of(s) + 1, "lr": lr, "momentum": plan.momentum_at(s),
                "bias_lr": plan.lr(s, plan.epoch_of(s), bias=True)} for s, lr in key_points(plan)]
@@ -555,9 +510,9 @@ def _steps_per_epoch(cfg: Any, given: float | None) -> tuple[float, str]:
         if not given > 0:
             raise ConfigError(f"--steps-per-epoch ({given:g}) must be > 0")
         return given, "given"
-    from detune.datasets import check_dataset
+    from detune.config import optimizer_steps
+    from detune.datasets import check_dataset, resolve_data
     from detune.errors import DatasetError
-    from detune.training import optimizer_steps, resolve_data
 
     try:
         info = check_dataset(resolve_data(cfg.data))

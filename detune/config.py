@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import importlib.util
 import math
@@ -15,8 +14,15 @@ from typing import Any
 
 import yaml
 
+from detune._checks import is_number
 from detune._yaml import YamlRefused, safe_load
-from detune.errors import ConfigError
+from detune.errors import ConfigError, did_you_mean
+
+__all__ = ["DetuneWarning", "FIELDS", "INTERVALS", "LR_MULT_PARTS", "LR_SCALINGS", "MAX_BATCH", "MAX_CONFIG_BYTES",
+           "MAX_DIVERGENCE_FACTOR", "MAX_EPOCHS", "MAX_IMGSZ", "MAX_LR", "MAX_LR_MULT", "MAX_SEED", "MAX_THREADS",
+           "NOMINAL_BATCH", "OPTIMIZERS", "TrainConfig", "WARMUP_EPOCHS", "from_dict", "load_config", "lr_plan",
+           "optimizer_steps", "parse_device", "parse_overrides", "read_yaml", "resolve_schedule_name",
+           "schedule_kwargs", "ultralytics_train_keys"]
 
 
 class DetuneWarning(UserWarning):
@@ -108,7 +114,7 @@ class TrainConfig:
 
     @property
     def schedule_name(self) -> str:
-        return self.scheduler or ("cosine" if self.cos_lr else "linear")
+        return resolve_schedule_name(self.scheduler, self.cos_lr)
 
     @property
     def accumulate(self) -> int:
@@ -137,6 +143,11 @@ class TrainConfig:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra")
+
+
+def resolve_schedule_name(scheduler: str | None, cos_lr: bool) -> str:
+    """The schedule a config runs: ``scheduler``, else Ultralytics' own (cosine with ``cos_lr``, else linear)."""
+    return scheduler or ("cosine" if cos_lr else "linear")
 
 
 def from_dict(values: Mapping[str, Any]) -> TrainConfig:
@@ -235,8 +246,8 @@ def _check_extra_key(key: str) -> None:
         raise ConfigError(f"{key!r} cannot be set through detune: {_RESERVED[key]}")
     known = ultralytics_train_keys()
     if key not in known:
-        close = difflib.get_close_matches(key, [*FIELDS, *known], n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see `detune train --help` for valid keys"
+        close = did_you_mean(key, [*FIELDS, *known], n=3)
+        hint = f"; {close}" if close else "; see `detune train --help` for valid keys"
         raise ConfigError(f"unknown setting {key!r}{hint}")
 
 
@@ -249,7 +260,7 @@ def _number(cfg: TrainConfig, field: str, kind: type = float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         _fail(field, value, f"must be {'an integer' if kind is int else 'a number'}", f"set e.g. {field}: "
               f"{getattr(TrainConfig, field, 1)}")
-    if isinstance(value, float) and not math.isfinite(value):
+    if not is_number(value):
         _fail(field, value, "must be finite", "use a finite number")
     return value
 
@@ -379,6 +390,26 @@ def schedule_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     if "lrf" in schedule_params(cfg.schedule_name):
         params.setdefault("lrf", cfg.lrf)
     return params
+
+
+def optimizer_steps(cfg: TrainConfig, train_images: int) -> tuple[int, int, int]:
+    """``(images, batches, accumulate)`` per epoch as Ultralytics counts them: ``fraction`` of the train
+    images, ceil(images / batch) batches, one optimizer step per round(nbs / batch) batches (capped at the
+    batches of the whole run, as Ultralytics caps it)."""
+    images = max(1, round(train_images * float(cfg.extra.get("fraction", 1.0) or 1.0)))
+    batches = math.ceil(images / cfg.batch)
+    return images, batches, min(cfg.accumulate, batches * cfg.epochs)
+
+
+def lr_plan(cfg: TrainConfig, steps_per_epoch: float) -> Any:
+    """The ``detune.schedules.LRPlan`` of a training config (the one place a config becomes a plan: the
+    adapter applies it, ``detune schedule`` and the run's lr_schedule.png draw it)."""
+    from detune.schedules import build_plan
+
+    return build_plan(scheduler=cfg.schedule_name, scheduler_params=schedule_kwargs(cfg), lr0=cfg.effective_lr0,
+                      epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, interval=cfg.scheduler_interval,
+                      warmup_epochs=cfg.warmup_epochs, warmup_bias_lr=cfg.warmup_bias_lr,
+                      warmup_momentum=cfg.warmup_momentum, momentum=cfg.momentum)
 
 
 def parse_device(device: Any) -> str:

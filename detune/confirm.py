@@ -9,14 +9,13 @@ must beat the baseline's. Pure: selection and arithmetic only; running the retra
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from detune.config import MAX_SEED
-from detune.errors import ConfigError
+from detune.errors import ConfigError, did_you_mean
 
 _ELIGIBLE = ("completed", "stopped", "interrupted")  # trained and scored; diverged / failed trials are not
 
@@ -49,8 +48,8 @@ def parse_confirm(raw: Any, *, num_samples: int) -> ConfirmSettings | None:
     fields = [f.name for f in dataclasses.fields(ConfirmSettings)]
     for key in raw:
         if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f"did you mean {close[0]}? " if close else ""
+            close = did_you_mean(key, fields)
+            hint = f"{close} " if close else ""
             raise ConfigError(f"confirm.{key} is unknown; {hint}valid: {', '.join(fields)}")
     settings = ConfirmSettings(**raw)
     for key in fields:

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from detune._images import IMG_FORMATS, MAX_REPORTED, ImageChecker
+from detune._paths import atomic_write
 from detune._shapes import SHAPE_NAMES, ShapesSpec, make_shapes, make_shapes_from_spec, shapes_spec
-from detune.errors import DatasetError
+from detune.errors import ConfigError, DatasetError
 
 # Ultralytics accepts coordinates up to 1.01 and down to -0.01 (verify_image_label); so does detune.
 COORD_TOLERANCE = 0.01
@@ -91,15 +92,8 @@ class DatasetInfo:
         content = self.to_ultralytics()
         for key, files in (("train", self.train_files), ("val", self.val_files)):
             if files:
-                content[key] = str(_write_atomic(dest.with_name(f"{dest.stem}.{key}.txt"), "\n".join(files) + "\n"))
-        return _write_atomic(dest, yaml.safe_dump(content, sort_keys=False, allow_unicode=True))
-
-
-def _write_atomic(dest: Path, text: str) -> Path:
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")  # atomic: parallel trials write the same file
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(dest)
-    return dest
+                content[key] = str(atomic_write(dest.with_name(f"{dest.stem}.{key}.txt"), "\n".join(files) + "\n"))
+        return atomic_write(dest, yaml.safe_dump(content, sort_keys=False, allow_unicode=True))
 
 
 def check_dataset(data: str | Path, *, datasets_dir: str | Path | None = None) -> DatasetInfo:
@@ -599,13 +593,64 @@ def _info(
     )
 
 
+def resolve_data(data: str | os.PathLike[str]) -> Path:
+    """A data YAML path, or ``shapes[:key=value,...]``: the generated dataset (``make_shapes`` arguments,
+    e.g. ``shapes:imgsz=64,n_train=256``), made once under detune's home and reused."""
+    name, _, spec = str(data).partition(":")
+    if name != "shapes":
+        return Path(data).expanduser().resolve()
+    import inspect
+
+    from detune import _runtime
+    from detune._yaml import safe_load
+
+    valid = [p for p in inspect.signature(make_shapes).parameters if p != "root"]
+    overrides: dict[str, Any] = {}
+    for pair in filter(None, spec.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep or key.strip() not in valid:
+            raise ConfigError(f"data ({data!r}): {pair!r} is not key=value with a key in {', '.join(valid)}; "
+                              "use e.g. data: shapes:imgsz=64,n_train=256")
+        overrides[key.strip()] = safe_load(value)
+    tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items())) or "default"
+    return make_shapes(_runtime.home() / "datasets" / f"shapes-{tag}", **overrides)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A run's data, prepared once and handed to the LR finder, the training and the trials: the checked
+    dataset and its YAML with absolute paths (``yaml``), which Ultralytics resolves exactly as checked from
+    any working directory (a Ray trial's too)."""
+
+    dataset: DatasetInfo
+    yaml: Path
+
+
+def prepare_data(data: str | os.PathLike[str]) -> PreparedData:
+    """Resolve ``data`` (see ``resolve_data``), check it (``check_dataset``) and write its absolute YAML.
+
+    Raises:
+        DatasetError: the dataset fails the check. ConfigError: a bad ``shapes:`` spec.
+    """
+    import hashlib
+
+    from detune import _runtime
+
+    dataset = check_dataset(resolve_data(data))
+    key = hashlib.sha1(str(dataset.yaml_path).encode()).hexdigest()[:12]
+    return PreparedData(dataset, dataset.write_yaml(_runtime.home() / "data" / f"{dataset.yaml_path.stem}-{key}.yaml"))
+
+
 __all__ = [
     "COORD_TOLERANCE",
     "IMG_FORMATS",
     "SHAPE_NAMES",
     "DatasetInfo",
+    "PreparedData",
     "ShapesSpec",
     "check_dataset",
+    "prepare_data",
+    "resolve_data",
     "make_shapes",
     "make_shapes_from_spec",
     "shapes_spec",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class DetuneError(Exception):
     """Base class of every error detune raises on purpose."""
@@ -27,4 +30,16 @@ class TuneError(DetuneError):
     """A Ray Tune study cannot be set up, run or resumed."""
 
 
-__all__ = ["AdapterError", "ConfigError", "DatasetError", "DetuneError", "TrackingError", "TuneError"]
+def did_you_mean(value: object, choices: Iterable[str], *, n: int = 1, quote: bool = False,
+                 sep: str = ", ") -> str | None:
+    """The "did you mean ...?" hint of an error message: the ``n`` choices closest to ``value`` (difflib),
+    shown as ``repr`` with ``quote``, joined by ``sep``; None when none is close.
+
+    >>> did_you_mean("stepp", ["step", "cosine"], quote=True)
+    "did you mean 'step'?"
+    """
+    close = difflib.get_close_matches(str(value), list(choices), n=n)
+    return f"did you mean {sep.join(repr(c) if quote else c for c in close)}?" if close else None
+
+
+__all__ = ["AdapterError", "ConfigError", "DatasetError", "DetuneError", "TrackingError", "TuneError", "did_you_mean"]

@@ -24,11 +24,11 @@ import json
 import logging
 import math
 import tempfile
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from detune import _plotting
 from detune._lr_suggest import (
     DEFAULT_METHOD,
     METHODS,
@@ -43,15 +43,17 @@ from detune._lr_suggest import (
     suggest,
     trim,
 )
-from detune.config import DetuneWarning, TrainConfig, load_config
-from detune.errors import AdapterError, ConfigError, TuneError
+from detune.adapters.base import Fanout, Fit, RunOutcome
+from detune.config import TrainConfig, load_config, optimizer_steps
+from detune.datasets import PreparedData, prepare_data
+from detune.errors import AdapterError, ConfigError
+from detune.tracking_config import resolve_tracking
 
 if TYPE_CHECKING:
-    from detune.study import StudyConfig
-    from detune.tracking import TrackingConfig
+    from detune.tracking_config import TrackingConfig
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "MODES", "FinderSettings", "LRFinderResult", "Suggestion",
-           "fallback_lr0", "finder_info", "lr_find", "range_test", "resolve_auto_lr0", "suggest_for_study"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "MODES", "PLOT_NAME", "FinderSettings", "LRFinderResult", "Suggestion",
+           "fallback_lr0", "lr_find", "range_test"]
 
 log = logging.getLogger("detune")
 
@@ -115,16 +117,10 @@ class LRFinderResult:
     def plot(self, path: str | Path, method: str = DEFAULT_METHOD) -> Path:
         """Render the loss against lr (log x axis) with the suggestion marked to a PNG file; return its path.
 
-        matplotlib is imported here only (``pip install matplotlib`` if it is missing); no pyplot state.
+        Needs matplotlib (``pip install matplotlib`` if it is missing); no pyplot state.
         """
-        try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-        except ImportError as e:  # pragma: no cover - matplotlib ships with ultralytics
-            raise ImportError("LRFinderResult.plot needs matplotlib: pip install matplotlib") from e
         found = self.suggest(method)
-        fig = Figure(figsize=(7, 4.5), dpi=100)
-        FigureCanvasAgg(fig)
+        fig = _plotting.new_figure("LRFinderResult.plot", figsize=(7, 4.5))
         ax = fig.add_subplot()
         pts = [p for p in zip(self.lrs, self.losses, self.smoothed, strict=True) if p[0] > 0]
         raw = [(lr, loss) for lr, loss, _ in pts if math.isfinite(loss)]
@@ -153,10 +149,7 @@ class LRFinderResult:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="best", fontsize=8)
         fig.tight_layout()
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, format="png")
-        return out
+        return _plotting.save(fig, path)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe mapping (non-finite values become None) with every method's suggestion."""
@@ -172,8 +165,9 @@ class LRFinderResult:
 class _RangeTest:
     """The adapter probe (``lr(step)``, ``on_loss``) and observer (``on_start``) of one sweep."""
 
-    def __init__(self, settings: FinderSettings) -> None:
+    def __init__(self, settings: FinderSettings, listener: Any = None) -> None:
         self.settings = settings
+        self.listener = listener  # told each (step, loss) after the probe recorded it, e.g. a progress display
         self.num_iters = settings.num_iters
         self.lrs: list[float] = []
         self.losses: list[float] = []
@@ -198,6 +192,8 @@ class _RangeTest:
         self.losses.append(float(loss))
         self.smoothed.append(smoothed)
         self.stop_reason = self.rule.check(i, loss, smoothed)
+        if self.listener is not None:
+            self.listener.on_loss(step, loss)
         return self.stop_reason is not None or len(self.losses) >= (self.num_iters or 0)
 
     def diverged(self, reason: str | None) -> None:
@@ -219,8 +215,7 @@ def finder_config(cfg: TrainConfig, settings: FinderSettings, *, project: Path,
                           "an LR range test cannot control the lr; set optimizer to SGD, Adam or AdamW")
     epochs = 1
     if settings.num_iters is not None:
-        fraction = float(cfg.extra.get("fraction", 1.0) or 1.0)
-        batches = max(1, math.ceil(max(1, round(train_images * fraction)) / cfg.batch))
+        batches = optimizer_steps(cfg, train_images)[1]
         epochs = math.ceil(settings.num_iters / batches) + 1  # + 1: never end early on a short estimate
     mixing = {} if settings.augment else dict.fromkeys(_MIXING_AUGMENTATIONS, 0.0)
     return cfg.replace(lr0=0.01, epochs=epochs, warmup_epochs=0.0, nbs=cfg.batch, divergence_factor=0.0,
@@ -230,7 +225,8 @@ def finder_config(cfg: TrainConfig, settings: FinderSettings, *, project: Path,
 
 
 def range_test(cfg: TrainConfig, settings: FinderSettings | None = None, *, tracking: Any = None,
-               fit: Callable[..., Any] | None = None) -> LRFinderResult:
+               fit: Fit | None = None, data: PreparedData | None = None,
+               observers: Sequence[Any] = ()) -> LRFinderResult:
     """Run one LR range test for a training config (the engine under ``lr_find``, ``train(lr0="auto")`` and
     studies).
 
@@ -239,21 +235,21 @@ def range_test(cfg: TrainConfig, settings: FinderSettings | None = None, *, trac
         settings: the sweep (default ``FinderSettings()``).
         tracking: None uses ``cfg.tracking``; False, True, a URI, a mapping or a ``TrackingConfig`` (with
             ``parent_run_id`` to nest the finder's run under a study or another run).
-        fit: the adapter's ``fit`` (tests pass a fake implementing the probe protocol).
+        fit: the trainer (``detune.adapters.base.Fit``; default the Ultralytics adapter, tests pass
+            ``detune._fake``).
+        data: ``cfg.data`` already prepared (``detune.datasets.prepare_data``), so it is checked once per run.
+        observers: receive the trainer's events and ``on_loss(step, loss)`` after every batch (a progress
+            display).
 
     Raises:
         ConfigError: for invalid settings, optimizer "auto" or a bad dataset (before any compute).
         TrackingError: when tracking is on and the store cannot be reached.
         AdapterError: when the model cannot be built or the short training fails.
     """
-    from detune.datasets import check_dataset
-    from detune.tracking_config import resolve_tracking
-    from detune.training import resolve_data
-
     settings = settings or FinderSettings()
     track = resolve_tracking(cfg.tracking if tracking is None else tracking)
-    data_yaml = resolve_data(cfg.data)
-    dataset = check_dataset(data_yaml)
+    data = data or prepare_data(cfg.data)
+    dataset = data.dataset
     recorded = {k: v for k, v in cfg.to_dict().items() if k in _RECORDED}
     if fit is None:
         from detune.adapters import ultralytics as adapter
@@ -262,11 +258,9 @@ def range_test(cfg: TrainConfig, settings: FinderSettings | None = None, *, trac
     with tempfile.TemporaryDirectory(prefix="detune-lr-find-", ignore_cleanup_errors=True) as tmp:
         fcfg = finder_config(cfg, settings, project=Path(tmp), train_images=dataset.train_images)
         logger = _open_run(track, settings, recorded, dataset.summary()) if track is not None else None
-        probe = _RangeTest(settings)
-        # absolute paths: Ultralytics resolves a relative `path:` against the CWD, not the YAML's folder
-        abs_yaml = dataset.write_yaml(Path(tmp) / "data.yaml")
+        probe = _RangeTest(settings, Fanout(observers) if observers else None)
         try:
-            outcome = fit(fcfg, abs_yaml, observer=probe, probe=probe)
+            outcome = fit(fcfg, data.yaml, observer=Fanout([probe, *observers]), probe=probe)
         except BaseException as e:  # KeyboardInterrupt -> KILLED, setup errors -> FAILED; then re-raised
             if logger is not None:
                 logger.abort(e)
@@ -326,69 +320,11 @@ def lr_find(model: str = "yolo11n.yaml", data: str = "shapes", *, min_lr: float 
     return range_test(cfg, settings, tracking=tracking)
 
 
-# ---- uses: lr0="auto" and studies --------------------------------------------------------------------
 def fallback_lr0(cfg: TrainConfig) -> float:
     """The lr0 of an ``lr0="auto"`` the finder could not resolve: Ultralytics' documented default, 0.01 for
     SGD-family optimizers (SGD, MuSGD) and 0.001 for adaptive ones (Adam, Adamax, AdamW, NAdam, RAdam,
     RMSProp); ``lr_scaling`` applies to it as to any configured lr0."""
     return 0.001 if cfg.optimizer in _ADAPTIVE else 0.01
-
-
-def resolve_auto_lr0(cfg: TrainConfig, *, tracking: TrackingConfig | None = None, method: str = DEFAULT_METHOD,
-                     settings: FinderSettings | None = None,
-                     fit: Callable[..., Any] | None = None) -> tuple[TrainConfig, LRFinderResult]:
-    """Run the finder for ``cfg`` (lr0 "auto") and return ``cfg`` with the suggestion as its effective lr0
-    (``lr_scaling`` is not applied on top of a measured lr), plus the finder's result. ``tracking``: None is
-    off; a ``TrackingConfig`` makes the finder its own run (nested under ``parent_run_id`` when set).
-
-    When the finder gives no suggestion (too few points, or a curve with no signal) the training must not
-    pay for it: ``cfg`` comes back with ``fallback_lr0(cfg)`` and a ``DetuneWarning`` says why
-    (``finder_info`` records it as ``fallback``).
-    """
-    result = range_test(cfg, settings, tracking=tracking if tracking is not None else False, fit=fit)
-    lr = result.suggestion(method)
-    if lr is None:
-        fallback = fallback_lr0(cfg)
-        warnings.warn(f"lr0 ('auto'): the LR finder gave no {method} suggestion ({result.reason}); training at "
-                      f"lr0 {fallback:g} instead, Ultralytics' default for {cfg.optimizer} (set lr0 to a "
-                      "number to choose it yourself)", DetuneWarning, stacklevel=2)
-        return cfg.replace(lr0=fallback), result
-    scale = cfg.replace(lr0=lr).effective_lr0 / lr
-    return cfg.replace(lr0=lr / scale), result
-
-
-def finder_info(result: LRFinderResult, save_dir: Path | None, method: str = DEFAULT_METHOD) -> dict[str, Any]:
-    """What ``TrainResult.info["lr_finder"]`` records; the plot goes to ``save_dir/lr_finder.png``.
-    ``suggestion`` is None and ``reason`` says why when the training fell back to ``fallback_lr0``."""
-    plot = None
-    if save_dir is not None and save_dir.is_dir():
-        try:
-            plot = str(result.plot(save_dir / PLOT_NAME, method=method))
-        except Exception as e:  # noqa: BLE001 - a plotting error never loses the run
-            log.warning("LR finder plot failed: %s: %s", type(e).__name__, e)
-    found = result.suggest(method)
-    return {"suggestion": found.lr, "method": method, "reason": found.reason, "fallback": found.lr is None,
-            "plot": plot, "run_id": result.run_id, "points": len(result.lrs), "num_iters": result.num_iters,
-            "stop_reason": result.stop_reason, "settings": result.settings.to_dict()}
-
-
-def suggest_for_study(study: StudyConfig, *, tracking: TrackingConfig | None = None,
-                      settings: FinderSettings | None = None) -> float:
-    """The default-method suggestion for the study's base train config (centre of an ``lr_finder`` range).
-
-    Args:
-        tracking: None records nothing; a ``TrackingConfig`` with ``parent_run_id`` nests the finder's run
-            under the study's run.
-
-    Raises:
-        TuneError: when the finder gives no suggestion (with the reason).
-    """
-    result = range_test(study.train, settings, tracking=tracking if tracking is not None else False)
-    lr = result.suggestion(DEFAULT_METHOD)
-    if lr is None:
-        raise TuneError("search_space.lr0 uses lr_finder but the LR finder gave no suggestion: "
-                        f"{result.reason}")
-    return lr
 
 
 # ---- MLflow --------------------------------------------------------------------------------------------
@@ -407,8 +343,6 @@ def _open_run(track: TrackingConfig, settings: FinderSettings, recorded: Mapping
 
 
 def _finish_run(logger: Any, result: LRFinderResult, folder: Path, *, failed: str | None) -> None:
-    from detune.training import TrainResult
-
     for i, (lr, loss, smooth) in enumerate(zip(result.lrs, result.losses, result.smoothed, strict=True)):
         logger.log_metrics({"lr_finder/lr": lr, "lr_finder/loss": loss, "lr_finder/smoothed": smooth}, step=i)
     found = result.suggestions()
@@ -425,5 +359,5 @@ def _finish_run(logger: Any, result: LRFinderResult, folder: Path, *, failed: st
     except Exception as e:  # noqa: BLE001 - a plotting error never loses the run
         log.warning("LR finder plot failed: %s: %s", type(e).__name__, e)
     status = "failed" if failed else "completed"
-    logger.finish(TrainResult(status=status, history=[], config=dict(result.config), save_dir=folder,
-                              reason=failed or result.stop_reason), artifacts=artifacts)
+    logger.finish(RunOutcome(status=status, config=dict(result.config), save_dir=folder,
+                             reason=failed or result.stop_reason), artifacts=artifacts)

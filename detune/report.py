@@ -25,15 +25,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from detune._checks import is_number
+from detune._paths import atomic_write
 from detune.errors import ConfigError
-from detune.study_files import TRIAL_STATUSES
+from detune.study_files import TRIAL_COLUMNS, TRIAL_STATUSES
 
 __all__ = ["BASELINE", "FIGURES", "StudyData", "TrialData", "build_report", "load_experiment",
            "load_study_dir", "write_report"]
 
 BASELINE = {"lr0": 0.01, "scheduler": "linear"}  # Ultralytics' defaults (SGD lr0 0.01, linear decay)
 FIGURES = ("metric_vs_lr0.png", "parallel_coordinates.png", "metric_curves.png", "lr_curves.png")
-_BASE_COLUMNS = ("trial_id", "status", "best_metric", "best_epoch", "epochs_run", "reason")
 
 
 @dataclasses.dataclass
@@ -75,7 +76,7 @@ class StudyData:
     def ranked(self) -> list[TrialData]:
         """Trials with a finite metric, best first."""
         sign = -1 if self.mode == "max" else 1
-        scored = [t for t in self.trials if _finite(t.best_metric)]
+        scored = [t for t in self.trials if is_number(t.best_metric)]
         return sorted(scored, key=lambda t: sign * t.best_metric)
 
 
@@ -209,14 +210,14 @@ def _trial_from_row(row: Mapping[str, str], out: Path, ray_results: Mapping[str,
     params = _read_json(folder / "params.json") if folder is not None else None
     if not isinstance(params, dict):
         params = {k: safe_load(v) if v else None for k, v in row.items()
-                  if isinstance(k, str) and k not in _BASE_COLUMNS}
+                  if isinstance(k, str) and k not in TRIAL_COLUMNS}
     history = _history_from_ray(rows, metric) or _history_from_results_csv(out / "trials" / trial_id, metric)
     times = [r.get("time_total_s") for r in rows if isinstance(r.get("time_total_s"), (int, float))]
     return TrialData(trial_id=trial_id, status=row.get("status") or "unknown", params=dict(params),
                      best_metric=_float(row.get("best_metric")),
-                     epochs_run=int(v) if _finite(v := _float(row.get("epochs_run"))) else 0,
+                     epochs_run=int(v) if is_number(v := _float(row.get("epochs_run"))) else 0,
                      reason=row.get("reason") or "", history=history,
-                     lr_curve=[(h["epoch"], h["lr/pg0"]) for h in history if _finite(h.get("lr/pg0"))],
+                     lr_curve=[(h["epoch"], h["lr/pg0"]) for h in history if is_number(h.get("lr/pg0"))],
                      config=_effective(base, params), seconds=max(times) if times else None)
 
 
@@ -246,11 +247,11 @@ def _history_from_results_csv(folder: Path, metric: str) -> list[dict[str, float
 
 def _effective(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """The trial's lr0 and schedule name: its params over the study's base config."""
+    from detune.config import resolve_schedule_name
     from detune.search_space import apply_params
 
     merged = apply_params(dict(base), {k: v for k, v in params.items() if isinstance(k, str)})
-    cosine = str(merged.get("cos_lr")).lower() == "true"
-    scheduler = merged.get("scheduler") or ("cosine" if cosine else "linear")
+    scheduler = resolve_schedule_name(merged.get("scheduler"), str(merged.get("cos_lr")).lower() == "true")
     return {"lr0": _float(merged.get("lr0", 0.01)), "scheduler": scheduler}
 
 
@@ -281,7 +282,7 @@ def load_experiment(experiment: str, *, tracking_uri: str | None = None, run_id:
     return StudyData(name=parent["name"] or experiment, metric=metric, mode=mode,
                      trials=sorted(trials, key=lambda t: t.trial_id),
                      source=f"{redact(uri)} experiment {experiment!r}, run {parent['run_id']}",
-                     epochs=int(epochs) if _finite(epochs) else None)
+                     epochs=int(epochs) if is_number(epochs) else None)
 
 
 def _trial_from_run(run: Mapping[str, Any], metric: str, mode: str, keys: Sequence[str]) -> TrialData:
@@ -292,7 +293,7 @@ def _trial_from_run(run: Mapping[str, Any], metric: str, mode: str, keys: Sequen
     history = [{"epoch": step, metric: value, "lr/pg0": lr_epoch.get(step, math.nan)}
                for step, value in sorted(history_of.get(metric, []))]
     steps = sorted(history_of.get("lr_step/pg0", []))
-    values = [h[metric] for h in history if _finite(h[metric])]
+    values = [h[metric] for h in history if is_number(h[metric])]
     status = tags.get("detune.status") or ("running" if run["status"] == "RUNNING" else run["status"].lower())
     reason = tags.get("detune.reason", "")
     if status == "failed" and reason.startswith("SystemExit"):
@@ -304,7 +305,7 @@ def _trial_from_run(run: Mapping[str, Any], metric: str, mode: str, keys: Sequen
         best_metric=(max(values) if mode == "max" else min(values)) if values else math.nan,
         epochs_run=max((int(h["epoch"]) for h in history), default=0), reason=reason, history=history,
         lr_curve=[(float(step), value) for step, value in steps]
-        or [(h["epoch"], h["lr/pg0"]) for h in history if _finite(h["lr/pg0"])],
+        or [(h["epoch"], h["lr/pg0"]) for h in history if is_number(h["lr/pg0"])],
         lr_unit="step" if steps else "epoch", seconds=run["seconds"],
         config={"lr0": _float(params.get("lr0")), "scheduler": params.get("scheduler", "linear")})
 
@@ -328,31 +329,25 @@ def write_report(data: StudyData, out_dir: str | os.PathLike[str], *, top: int =
             (out / name).unlink(missing_ok=True)
             problems.append(f"{name}: {type(e).__name__}: {e}")
     text = markdown(data, top=top, problems=problems)
-    tmp = out / f".report.md.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / "report.md")
+    atomic_write(out / "report.md", text)
     return out
 
 
 def _figure(path: Path, draw: Any) -> None:
-    """One PNG from ``draw(ax)``: matplotlib's object API only (no pyplot state), imported here."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:  # pragma: no cover - matplotlib ships with ultralytics
-        raise ImportError("study report figures need matplotlib: pip install matplotlib") from e
-    fig = Figure(figsize=(8, 4.8), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    """One PNG from ``draw(ax)`` (``detune._plotting``: no pyplot state)."""
+    from detune import _plotting
+
+    fig = _plotting.new_figure("study report figures", figsize=(8, 4.8), layout="constrained")
     draw(fig.add_subplot())
-    fig.savefig(path, format="png")
+    _plotting.save(fig, path)
 
 
 def _colors(data: StudyData) -> dict[str, Any]:
     """trial_id -> colour by metric (viridis, best brightest); grey without a finite metric."""
-    from matplotlib import colormaps
+    from detune._plotting import colormap
 
     ranked = data.ranked()
-    cmap = colormaps["viridis"]
+    cmap = colormap("viridis")
     n = max(len(ranked) - 1, 1)
     out: dict[str, Any] = {t.trial_id: "0.6" for t in data.trials}
     out.update({t.trial_id: cmap(1 - i / n if len(ranked) > 1 else 0.8) for i, t in enumerate(ranked)})
@@ -367,13 +362,13 @@ def _metric_vs_lr0(data: StudyData, ax: Any) -> None:
     base = baseline_trial(data)
     for status in dict.fromkeys(t.status for t in data.trials):
         group = [t for t in data.trials
-                 if t.status == status and _finite(t.config.get("lr0")) and t.config["lr0"] > 0]
+                 if t.status == status and is_number(t.config.get("lr0")) and t.config["lr0"] > 0]
         ax.scatter([t.config["lr0"] for t in group],
-                   [t.best_metric if _finite(t.best_metric) else low for t in group],
+                   [t.best_metric if is_number(t.best_metric) else low for t in group],
                    c=[colors[t.trial_id] for t in group], marker=markers.get(status, "s"), s=60,
                    edgecolors="k", linewidths=0.5, label=f"{status} ({len(group)})")
-    if base is not None and _finite(base.config.get("lr0")):
-        ax.scatter([base.config["lr0"]], [base.best_metric if _finite(base.best_metric) else low], marker="*",
+    if base is not None and is_number(base.config.get("lr0")):
+        ax.scatter([base.config["lr0"]], [base.best_metric if is_number(base.best_metric) else low], marker="*",
                    s=260, facecolors="none", edgecolors="C3", linewidths=1.5, label="Ultralytics defaults")
     ax.set_xscale("log")
     ax.set_xlabel("lr0 (log scale)")
@@ -386,7 +381,7 @@ def _metric_vs_lr0(data: StudyData, ax: Any) -> None:
 def _axis(values: list[Any], *, log_ok: bool = True) -> tuple[list[float], list[tuple[float, str]], str]:
     """Positions in [0, 1] for one parallel axis, tick labels, and a suffix naming a log scale."""
     present = [v for v in values if v is not None]
-    if present and all(_finite(v) for v in present):
+    if present and all(is_number(v) for v in present):
         log = log_ok and min(present) > 0 and max(present) / min(present) >= 20
         scaled = [math.log10(v) if log else float(v) for v in present]
         lo, hi = min(scaled), max(scaled)
@@ -404,7 +399,7 @@ def _axis(values: list[Any], *, log_ok: bool = True) -> tuple[list[float], list[
 def _parallel_coordinates(data: StudyData, ax: Any) -> None:
     keys = list(dict.fromkeys(k for t in data.trials for k in t.params))
     columns = [[t.params.get(k) for t in data.trials] for k in keys]
-    columns.append([t.best_metric if _finite(t.best_metric) else None for t in data.trials])
+    columns.append([t.best_metric if is_number(t.best_metric) else None for t in data.trials])
     names = [*keys, data.metric]
     colors = _colors(data)
     axes = [_axis(c, log_ok=i < len(keys)) for i, c in enumerate(columns)]
@@ -428,7 +423,7 @@ def _parallel_coordinates(data: StudyData, ax: Any) -> None:
 def _curves(data: StudyData, leaders: Sequence[TrialData], ax: Any, *, lr: bool) -> None:
     for i, t in enumerate(leaders):
         points = t.lr_curve if lr else [(h["epoch"], h[data.metric]) for h in t.history
-                                        if _finite(h.get(data.metric))]
+                                        if is_number(h.get(data.metric))]
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], color=f"C{i % 10}",
                     marker=None if lr and t.lr_unit == "step" else "o", ms=4, lw=1.5,
@@ -483,7 +478,7 @@ def markdown(data: StudyData, *, top: int = 5, problems: Sequence[str] = ()) -> 
               "|---:|---|---|---:|---:|---|---|"]
     order = ranked + [t for t in data.trials if t not in ranked]
     for i, t in enumerate(order, 1):
-        value = f"{t.best_metric:.4f}" if _finite(t.best_metric) else "-"
+        value = f"{t.best_metric:.4f}" if is_number(t.best_metric) else "-"
         note = t.reason.replace("|", "/")[:120]
         rank = i if t in ranked else "-"
         lines.append(f"| {rank} | `{t.trial_id}` | {t.status} | {value} | {t.epochs_run} | "
@@ -504,7 +499,7 @@ def _baseline_text(data: StudyData, best: TrialData | None) -> str:
     if base is None:
         return ("No trial ran the defaults, so there is nothing to compare with; add them to the search "
                 "space (e.g. `lr0: {grid: [0.01, ...]}` with `scheduler: linear`) to measure the gain.")
-    if not _finite(base.best_metric):
+    if not is_number(base.best_metric):
         return f"Trial `{base.trial_id}` ran the defaults and ended {base.status} without a finite metric."
     text = (f"Trial `{base.trial_id}` ran the defaults: {data.metric} = {base.best_metric:.4f} "
             f"({base.status}).")
@@ -541,7 +536,3 @@ def _float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -6,14 +6,15 @@ No Ray import here: ``detune.tuning`` turns ``Dim`` objects into Ray Tune domain
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 from collections.abc import Mapping
 from typing import Any
 
+from detune._checks import is_number
 from detune._derived import DERIVED_KEYS, apply_derived, baseline_values
 from detune.config import FIELDS, TrainConfig, from_dict, ultralytics_train_keys
-from detune.errors import ConfigError
+from detune.errors import ConfigError, did_you_mean
+
+__all__ = ["DISTRIBUTIONS", "Dim", "apply_params", "baseline_point", "parse_search_space"]
 
 #: distribution name -> (number of args, description of its args)
 DISTRIBUTIONS: dict[str, tuple[int | None, str]] = {
@@ -104,8 +105,8 @@ def _flatten(raw: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 def _parse_dim(key: str, spec: Mapping[str, Any]) -> Dim:
     top = key.split(".")[0]
     if top not in FIELDS and top not in ultralytics_train_keys() and top not in DERIVED_KEYS:
-        close = difflib.get_close_matches(top, [*FIELDS, *ultralytics_train_keys(), *DERIVED_KEYS], n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        close = did_you_mean(top, [*FIELDS, *ultralytics_train_keys(), *DERIVED_KEYS], n=3)
+        hint = f"; {close}" if close else ""
         raise ConfigError(f"search_space.{key}: {top!r} is not a train setting{hint}")
     kind, args = next(iter(spec.items()))
     arity, rule = DISTRIBUTIONS[kind]
@@ -119,7 +120,7 @@ def _parse_dim(key: str, spec: Mapping[str, Any]) -> Dim:
     if not isinstance(args, list) or not args or (arity is not None and len(args) != arity):
         raise ConfigError(f"{where} ({args!r}) must be {rule}")
     if arity is not None:
-        if not all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in args):
+        if not all(is_number(a) for a in args):
             raise ConfigError(f"{where} ({args!r}) must hold finite numbers: {rule}")
         low, high = args[0], args[1]
         if not low < high or (kind == "loguniform" and low <= 0) or (kind == "quniform" and args[2] <= 0):
@@ -172,7 +173,3 @@ def baseline_point(dims: Mapping[str, Dim], base: TrainConfig) -> dict[str, Any]
         point[key] = value
     return point
 
-
-def space_to_yaml(dims: Mapping[str, Dim]) -> dict[str, Any]:
-    """The YAML form back from parsed dims (round-trips through ``parse_search_space``)."""
-    return {key: dim.to_yaml() for key, dim in dims.items()}

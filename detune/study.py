@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from detune.config import TrainConfig, from_dict, read_yaml
+from detune.config import TrainConfig, from_dict, parse_overrides, read_yaml
 from detune.confirm import ConfirmSettings, parse_confirm
-from detune.errors import ConfigError
+from detune.errors import ConfigError, did_you_mean
 from detune.search_space import Dim, parse_search_space
+
+__all__ = ["MODES", "SEARCHES", "StudyConfig", "TRIAL_SCHEDULERS", "load_study", "parse_study_overrides"]
 
 SEARCHES = ("random", "grid", "optuna", "hyperopt", "bohb")
 TRIAL_SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt", "detection")
@@ -68,8 +69,8 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
     raw = _merge_overrides(raw, overrides, base_dir)
     unknown = [k for k in raw if k not in _STUDY_KEYS]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], _STUDY_KEYS, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(_STUDY_KEYS)}"
+        close = did_you_mean(unknown[0], _STUDY_KEYS, n=3)
+        hint = f"; {close}" if close else f"; valid keys: {', '.join(_STUDY_KEYS)}"
         raise ConfigError(f"unknown study setting {unknown[0]!r}{hint}")
     train_raw = raw.get("train") or {}
     if isinstance(train_raw, (str, os.PathLike)):
@@ -185,8 +186,8 @@ def _set_dotted(target: dict[str, Any], parts: list[str], value: Any, where: str
 def _validate(s: StudyConfig) -> None:
     def choice(field: str, value: Any, valid: tuple[str, ...]) -> None:
         if value not in valid:
-            close = difflib.get_close_matches(str(value), valid, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            close = did_you_mean(value, valid)
+            hint = f" ({close})" if close else ""
             raise ConfigError(f"{field} ({value!r}) must be one of {', '.join(valid)}{hint}")
 
     choice("search", s.search, SEARCHES)
@@ -238,3 +239,23 @@ def _validate(s: StudyConfig) -> None:
     if s.resources_per_trial["gpu"] == 0 and s.train.device not in ("cpu", "auto"):
         raise ConfigError(f"train.device ({s.train.device!r}) asks for a GPU but resources_per_trial.gpu is 0; "
                           "set resources_per_trial: {gpu: 1} (Ray assigns the GPU to each trial)")
+
+
+def parse_study_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` strings as ``load_study`` takes them: dotted keys stay dotted (``train.epochs=3``,
+    ``search_space.momentum={choice: [0.9, 0.937]}`` change one key of that mapping; nested, they would
+    replace the whole ``train`` or ``search_space`` mapping). A repeated key counts at its last position.
+
+    Raises:
+        ConfigError: a pair without ``=`` or with a value that is not YAML.
+    """
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key = pair.partition("=")[0]
+        value: Any = parse_overrides([pair])
+        for part in key.split("."):
+            value = value[part]
+        values.pop(key, None)
+        values[key] = value
+    return values
+

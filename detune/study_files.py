@@ -16,9 +16,14 @@ from typing import Any
 
 import yaml
 
+from detune._paths import atomic_write
 from detune.errors import ConfigError, TuneError
 from detune.search_space import apply_params
 from detune.study import StudyConfig
+
+__all__ = ["INTERRUPTED", "LOCK_FILE", "StudyResult", "TRIAL_COLUMNS", "TRIAL_STATUSES", "check_folders",
+           "clear_unstarted", "open_study", "restorable", "study_lock", "summarize", "trial_rows", "trials_reported",
+           "write_atomic"]
 
 TRIAL_STATUSES = ("completed", "stopped", "diverged", "failed", "interrupted")  # how a trial ended
 TRIAL_COLUMNS = ("trial_id", "status", "best_metric", "best_epoch", "epochs_run", "reason")
@@ -41,6 +46,7 @@ class StudyResult:
     trials_csv: Path | None
     parent_run_id: str | None = None
     result_grid: Any = None
+    report: Path | None = None  # the report.md ``tune`` wrote (None when it could not be written: a warning said why)
 
 
 INTERRUPTED = "the study was interrupted before this trial ended; resume the study with --resume"
@@ -129,13 +135,9 @@ def _csv(rows: list[dict[str, Any]], param_keys: list[str]) -> str:
 
 def write_atomic(path: Path, text: str) -> Path:
     """Write via a temp file and rename, so a full disk never leaves a partial file behind."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write(path, text)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise TuneError(f"could not write {path}: {e.strerror or e}; free disk space or choose another "
                         "output_dir (the Ray results in storage_path are kept)") from e
     return path

@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import urllib.parse
 from collections.abc import Mapping
@@ -20,7 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detune.errors import ConfigError
+from detune.errors import ConfigError, did_you_mean
+
+__all__ = ["DEFAULT_DB", "DEFAULT_EXPERIMENT", "ENV_VAR", "MAX_EXPERIMENT_NAME", "NAMED_STORES", "TrackingConfig",
+           "UI_VIEW", "absolute_uri", "clip", "default_uri", "env_uri", "local_path", "redact", "resolve_tracking",
+           "ui_url"]
 
 DEFAULT_EXPERIMENT = "detune"
 DEFAULT_DB = "mlflow.db"  # MLflow 3's own default store: sqlite:///mlflow.db in the working directory
@@ -164,8 +167,7 @@ def resolve_tracking(value: Any, *, default_experiment: str = DEFAULT_EXPERIMENT
     if isinstance(value, Mapping):
         for key in value:
             if key not in _MAPPING_KEYS:
-                close = difflib.get_close_matches(str(key), _MAPPING_KEYS, n=1)
-                hint = f"did you mean {close[0]}?" if close else f"valid keys are {', '.join(_MAPPING_KEYS)}"
+                hint = did_you_mean(key, _MAPPING_KEYS) or f"valid keys are {', '.join(_MAPPING_KEYS)}"
                 raise ConfigError(f"tracking.{key} is not a tracking setting; {hint}")
         uri, env = value.get("uri"), env_uri()
         return TrackingConfig(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import warnings
@@ -10,11 +11,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from detune.config import DetuneWarning, TrainConfig, load_config, schedule_kwargs
-from detune.errors import AdapterError, ConfigError
+from detune import tracking as tracking_mod
+from detune._lr_suggest import DEFAULT_METHOD, FinderSettings
+from detune._paths import writable_dir
+from detune.adapters import ultralytics as adapter
+from detune.adapters.base import Fanout, Fit, RunOutcome
+from detune.config import DetuneWarning, TrainConfig, load_config, lr_plan, optimizer_steps, schedule_kwargs
+from detune.datasets import PreparedData, prepare_data, resolve_data
+from detune.lr_finder import PLOT_NAME, LRFinderResult, fallback_lr0, range_test
+from detune.tracking_config import resolve_tracking
 
 if TYPE_CHECKING:
-    from detune.tracking import TrackingConfig
+    from detune.tracking_config import TrackingConfig
+
+__all__ = ["CANONICAL_KEYS", "TrainResult", "finder_info", "optimizer_steps", "resolve_auto_lr0", "resolved_config",
+           "run", "train"]
+
+log = logging.getLogger("detune")
 
 CANONICAL_KEYS = (
     "epoch", "train/box_loss", "train/cls_loss", "train/dfl_loss", "val/box_loss", "val/cls_loss", "val/dfl_loss",
@@ -24,8 +37,8 @@ CANONICAL_KEYS = (
 
 
 @dataclasses.dataclass
-class TrainResult:
-    """What one training produced.
+class TrainResult(RunOutcome):
+    """What one training produced: the trainer's ``RunOutcome`` with the resolved settings in ``config``.
 
     ``history`` holds one dict per epoch with ``CANONICAL_KEYS`` (epochs numbered from 1, as in
     Ultralytics' results.csv); ``lr/pgN`` is the lr in effect at the last optimizer step of that epoch
@@ -36,14 +49,6 @@ class TrainResult:
     holds the error); the history up to that point is kept either way.
     """
 
-    status: str
-    history: list[dict[str, float]]
-    config: dict[str, Any]
-    save_dir: Path | None = None
-    weights: dict[str, Path] = dataclasses.field(default_factory=dict)
-    reason: str | None = None
-    steps: list[dict[str, float]] = dataclasses.field(default_factory=list)
-    info: dict[str, Any] = dataclasses.field(default_factory=dict)
     run_id: str | None = None
 
     @property
@@ -57,12 +62,6 @@ class TrainResult:
         epoch = self.best_epoch
         return next((dict(h) for h in self.history if h["epoch"] == epoch), {})
 
-    def raise_for_status(self) -> TrainResult:
-        """Raise ``AdapterError`` if the run failed (diverged runs are results, not errors)."""
-        if self.status == "failed":
-            raise AdapterError(f"training failed: {self.reason}; partial results in {self.save_dir}")
-        return self
-
 
 def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
     """The fully resolved settings: schedule name and params filled in, re-runnable with ``detune.train``."""
@@ -71,39 +70,6 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
     out["warmup_epochs"] = cfg.warmup_epochs  # what ran, also when unset (clamped like Ultralytics)
     out["scheduler_params"] = schedule_kwargs(cfg)
     return out
-
-
-def resolve_data(data: str) -> Path:
-    """A data YAML path, or ``shapes[:key=value,...]``: the generated dataset (``make_shapes`` arguments,
-    e.g. ``shapes:imgsz=64,n_train=256``), made once under detune's home and reused."""
-    name, _, spec = str(data).partition(":")
-    if name != "shapes":
-        return Path(data).expanduser().resolve()
-    import inspect
-
-    from detune import _runtime
-    from detune.config import safe_load
-    from detune.datasets import make_shapes
-
-    valid = [p for p in inspect.signature(make_shapes).parameters if p != "root"]
-    overrides: dict[str, Any] = {}
-    for pair in filter(None, spec.split(",")):
-        key, sep, value = pair.partition("=")
-        if not sep or key.strip() not in valid:
-            raise ConfigError(f"data ({data!r}): {pair!r} is not key=value with a key in {', '.join(valid)}; "
-                              "use e.g. data: shapes:imgsz=64,n_train=256")
-        overrides[key.strip()] = safe_load(value)
-    tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items())) or "default"
-    return make_shapes(_runtime.home() / "datasets" / f"shapes-{tag}", **overrides)
-
-
-def optimizer_steps(cfg: TrainConfig, train_images: int) -> tuple[int, int, int]:
-    """``(images, batches, accumulate)`` per epoch as Ultralytics counts them: ``fraction`` of the train
-    images, ceil(images / batch) batches, one optimizer step per round(nbs / batch) batches (capped at the
-    batches of the whole run, as Ultralytics caps it)."""
-    images = max(1, round(train_images * float(cfg.extra.get("fraction", 1.0) or 1.0)))
-    batches = math.ceil(images / cfg.batch)
-    return images, batches, min(cfg.accumulate, batches * cfg.epochs)
 
 
 def _warn_few_steps(cfg: TrainConfig, train_images: int) -> None:
@@ -116,17 +82,6 @@ def _warn_few_steps(cfg: TrainConfig, train_images: int) -> None:
                   f"per epoch ({batches * cfg.epochs // accumulate} in {cfg.epochs} epochs); an epoch without one "
                   f"updates no weights and reports lr NaN; set nbs={cfg.batch} (one optimizer step per batch)",
                   DetuneWarning, stacklevel=3)
-
-
-def _absolute_data_yaml(dataset: Any) -> Path:
-    """The checked dataset as a YAML with absolute paths, so Ultralytics resolves exactly what
-    ``check_dataset`` checked, from any working directory (a Ray trial's too)."""
-    import hashlib
-
-    from detune import _runtime
-
-    key = hashlib.sha1(str(dataset.yaml_path).encode()).hexdigest()[:12]
-    return dataset.write_yaml(_runtime.home() / "data" / f"{dataset.yaml_path.stem}-{key}.yaml")
 
 
 def train(config: str | os.PathLike[str] | Mapping[str, Any] | TrainConfig | None = None, /,
@@ -156,24 +111,9 @@ def train(config: str | os.PathLike[str] | Mapping[str, Any] | TrainConfig | Non
     return run(cfg)
 
 
-class _Fanout:
-    """Forwards the adapter's events to several observers (tracking, Ray reporting, progress)."""
-
-    def __init__(self, observers: Sequence[Any]) -> None:
-        self.observers = [o for o in observers if o is not None]
-
-    def __getattr__(self, name: str) -> Any:
-        fns = [getattr(o, name) for o in self.observers if hasattr(o, name)]
-
-        def call(*args: Any) -> None:
-            for fn in fns:
-                fn(*args)
-
-        return call
-
-
 def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | None = None,
-        tracking: TrackingConfig | bool | None = None, fit: Any = None) -> TrainResult:
+        tracking: TrackingConfig | bool | None = None, fit: Fit | None = None,
+        data: PreparedData | None = None) -> TrainResult:
     """Run one training from a validated config: the engine under ``detune.train`` and study trials.
 
     ``observers`` receive the adapter's ``on_start``/``on_step``/``on_epoch`` events; ``resume_from`` is a
@@ -181,49 +121,40 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
     ``tracking`` overrides ``cfg.tracking``: a ``TrackingConfig`` (study trials pass parent_run_id, run_id and
     tags this way), False for no tracking, None to use ``cfg.tracking``. With tracking on, the MLflow run id
     is ``result.run_id`` and the logging report (unlogged points, local copy) is ``result.info["tracking"]``.
+    ``fit`` replaces the Ultralytics adapter (``detune.adapters.base.Fit``). ``data`` is ``cfg.data`` already
+    prepared (a study's driver checks it once for all trials); it is used when its YAML is on this machine.
 
     Raises:
         ConfigError: before any compute, for a ``project`` that cannot be a folder or cannot be written.
         TrackingError: before any training, when the tracking store cannot be reached.
     """
-    from detune import tracking as tracking_mod
-    from detune._paths import writable_dir
-    from detune.datasets import check_dataset
-    from detune.tracking_config import resolve_tracking
-
     writable_dir(cfg.project, field="project")  # before the LR finder, the dataset check and any run folder
     track = resolve_tracking(cfg.tracking if tracking is None else tracking)
     clamped = _check_before_compute(cfg, device=fit is None)  # a GPU this machine lacks; the warmup note
+    if data is None or not data.yaml.is_file() or data.dataset.yaml_path != resolve_data(cfg.data):
+        data = prepare_data(cfg.data)  # checked once, for the LR finder and the training
     finder = None
     if cfg.lr0 == "auto":  # resolved first: params, effective_lr0 and the adapter only ever see a number
-        from detune.lr_finder import resolve_auto_lr0
-
-        cfg, finder = resolve_auto_lr0(cfg, tracking=track, fit=fit)
-    dataset = check_dataset(resolve_data(cfg.data))
+        cfg, finder = resolve_auto_lr0(cfg, tracking=track, fit=fit, data=data)
+    dataset = data.dataset
     _warn_few_steps(cfg, dataset.train_images)
-    data_yaml = _absolute_data_yaml(dataset)
     logger = None
     if track is not None:
         logger = tracking_mod.open_training_run(track, config=resolved_config(cfg), dataset=dataset.summary(),
                                                 effective_lr0=cfg.effective_lr0)
-    from detune.adapters import ultralytics as adapter
-
     try:
-        outcome = (fit or adapter.fit)(cfg, data_yaml, observer=_Fanout([logger, *observers]),
+        outcome = (fit or adapter.fit)(cfg, data.yaml, observer=Fanout([logger, *observers]),
                                        resume_from=resume_from)
     except BaseException as e:  # KeyboardInterrupt -> KILLED, setup errors -> FAILED; then re-raised
         if logger is not None:
             logger.abort(e)
         raise
-    result = TrainResult(status=outcome.status, history=outcome.history, config=resolved_config(cfg),
-                         save_dir=outcome.save_dir, weights=outcome.weights, reason=outcome.reason,
-                         steps=outcome.steps, info={**outcome.info, "dataset": dataset.summary(),
-                                                    "effective_lr0": cfg.effective_lr0,
-                                                    "dropped_images": {"train": list(dataset.train_dropped),
-                                                                       "val": list(dataset.val_dropped)}})
+    fields = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(RunOutcome)}
+    result = TrainResult(**{**fields, "config": resolved_config(cfg),
+                            "info": {**outcome.info, "dataset": dataset.summary(), "effective_lr0": cfg.effective_lr0,
+                                     "dropped_images": {"train": list(dataset.train_dropped),
+                                                        "val": list(dataset.val_dropped)}}})
     if finder is not None:
-        from detune.lr_finder import finder_info
-
         result.info["lr_finder"] = finder_info(finder, result.save_dir)
     _plot_schedule(cfg, result)
     if clamped:
@@ -234,21 +165,53 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
     return result
 
 
+def resolve_auto_lr0(cfg: TrainConfig, *, tracking: TrackingConfig | None = None, method: str = DEFAULT_METHOD,
+                     settings: FinderSettings | None = None,
+                     fit: Fit | None = None, data: PreparedData | None = None) -> tuple[TrainConfig, LRFinderResult]:
+    """Run the finder for ``cfg`` (lr0 "auto") and return ``cfg`` with the suggestion as its effective lr0
+    (``lr_scaling`` is not applied on top of a measured lr), plus the finder's result. ``tracking``: None is
+    off; a ``TrackingConfig`` makes the finder its own run (nested under ``parent_run_id`` when set).
+
+    When the finder gives no suggestion (too few points, or a curve with no signal) the training must not
+    pay for it: ``cfg`` comes back with ``fallback_lr0(cfg)`` and a ``DetuneWarning`` says why
+    (``finder_info`` records it as ``fallback``).
+    """
+    result = range_test(cfg, settings, tracking=tracking if tracking is not None else False, fit=fit, data=data)
+    lr = result.suggestion(method)
+    if lr is None:
+        fallback = fallback_lr0(cfg)
+        warnings.warn(f"lr0 ('auto'): the LR finder gave no {method} suggestion ({result.reason}); training at "
+                      f"lr0 {fallback:g} instead, Ultralytics' default for {cfg.optimizer} (set lr0 to a "
+                      "number to choose it yourself)", DetuneWarning, stacklevel=2)
+        return cfg.replace(lr0=fallback), result
+    scale = cfg.replace(lr0=lr).effective_lr0 / lr
+    return cfg.replace(lr0=lr / scale), result
+
+
+def finder_info(result: LRFinderResult, save_dir: Path | None, method: str = DEFAULT_METHOD) -> dict[str, Any]:
+    """What ``TrainResult.info["lr_finder"]`` records; the plot goes to ``save_dir/lr_finder.png``.
+    ``suggestion`` is None and ``reason`` says why when the training fell back to ``fallback_lr0``."""
+    plot = None
+    if save_dir is not None and save_dir.is_dir():
+        try:
+            plot = str(result.plot(save_dir / PLOT_NAME, method=method))
+        except Exception as e:  # noqa: BLE001 - a plotting error never loses the run
+            log.warning("LR finder plot failed: %s: %s", type(e).__name__, e)
+    found = result.suggest(method)
+    return {"suggestion": found.lr, "method": method, "reason": found.reason, "fallback": found.lr is None,
+            "plot": plot, "run_id": result.run_id, "points": len(result.lrs), "num_iters": result.num_iters,
+            "stop_reason": result.stop_reason, "settings": result.settings.to_dict()}
+
+
 def _check_before_compute(cfg: TrainConfig, *, device: bool = True) -> dict[str, float] | None:
     """Raise ``ConfigError`` for a GPU (or MPS) device torch cannot see here, before any data or model work
     (``device``: the Ultralytics adapter trains; another ``fit``, such as the fake, uses no device).
     An unset warmup_epochs is Ultralytics' 3.0, which YOLO.train shortens to epochs - 1: say so once (a
     DetuneWarning) and return ``cfg.warmup_clamped`` for ``result.info``."""
     if device:
-        from detune.adapters.ultralytics import check_device
-
-        check_device(cfg.device)
+        adapter.check_device(cfg.device)
     clamped = cfg.warmup_clamped
     if clamped:
-        import warnings
-
-        from detune.config import DetuneWarning
-
         warnings.warn(f"warmup_epochs is not set: Ultralytics' default {clamped['from']:g} is clamped to "
                       f"{clamped['to']:g} to stay below epochs ({cfg.epochs}), as YOLO.train does; set "
                       "warmup_epochs to choose another warmup", DetuneWarning, stacklevel=3)
@@ -262,13 +225,9 @@ def _plot_schedule(cfg: TrainConfig, result: TrainResult) -> None:
     if not cfg.extra.get("plots", True) or not steps_per_epoch or not (result.save_dir and result.save_dir.is_dir()):
         return
     try:
-        from detune.schedules import build_plan, plot
+        from detune.schedules import plot
 
-        plan = build_plan(scheduler=cfg.schedule_name, scheduler_params=schedule_kwargs(cfg),
-                          lr0=cfg.effective_lr0, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                          interval=cfg.scheduler_interval, warmup_epochs=cfg.warmup_epochs,
-                          warmup_bias_lr=cfg.warmup_bias_lr, warmup_momentum=cfg.warmup_momentum,
-                          momentum=cfg.momentum)
+        plan = lr_plan(cfg, steps_per_epoch)
         result.info["lr_schedule_png"] = str(plot(plan, result.save_dir / "lr_schedule.png"))
     except Exception as e:  # noqa: BLE001 - e.g. matplotlib missing
         result.info["lr_schedule_png"] = None

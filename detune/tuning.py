@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import importlib.util
 import json
 import math
@@ -28,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from detune import _runtime
+from detune._paths import atomic_write
+from detune.adapters.base import STATE_FILE, read_state
 from detune.config import from_dict
-from detune.errors import ConfigError, TuneError
+from detune.errors import ConfigError, TuneError, did_you_mean
 from detune.search_space import Dim, baseline_point
 from detune.study import StudyConfig, load_study
 from detune.study_files import (
@@ -39,6 +40,8 @@ from detune.study_files import (
     open_study,
     summarize,
 )
+
+__all__ = ["INTERRUPTED_STUDY", "STUDY_STATE", "check_study", "suggest_for_study", "trial_device", "tune"]
 
 STUDY_STATE = "study.json"
 
@@ -109,8 +112,8 @@ def _optuna_sampler(study: StudyConfig, sampler: Any, baseline: Mapping[str, Any
     if isinstance(sampler, Mapping):
         return optuna.samplers.TPESampler(seed=study.seed, **{"n_startup_trials": startup, **sampler})
     if sampler not in SAMPLERS:
-        close = difflib.get_close_matches(str(sampler), SAMPLERS, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
+        close = did_you_mean(sampler, SAMPLERS)
+        hint = f"; {close}" if close else ""
         raise ConfigError(f"search_params.sampler ({sampler!r}) must be one of {', '.join(SAMPLERS)} or a mapping "
                           f"of TPESampler settings such as {{n_startup_trials: 4}}{hint}")
     if sampler == "tpe":
@@ -226,8 +229,9 @@ def check_study(study: StudyConfig) -> None:
                 raise ConfigError(f"{field}.{key} is set by detune from {_SET_BY_DETUNE[key]}; remove it")
             if key not in accepted:
                 valid = [n for n in accepted if n not in _SET_BY_DETUNE]
-                close = [n for n in valid if key in n] or difflib.get_close_matches(key, valid, n=1)
-                hint = f"did you mean {close[0]}? " if close else ""
+                within = next((n for n in valid if key in n), None)  # a shortened name first: lr -> lr_min
+                close = f"did you mean {within}?" if within else did_you_mean(key, valid)
+                hint = f"{close} " if close else ""
                 raise ConfigError(f"{field}.{key} is not a parameter of {cls.__name__} ({what}); {hint}valid: "
                                   f"{', '.join(valid) or 'none'}")
 
@@ -321,7 +325,7 @@ class _Reporter:
         from ray import tune
 
         with tempfile.TemporaryDirectory(prefix="detune-ckpt-") as tmp:
-            for name in ("last.pt", "detune_state.json"):
+            for name in ("last.pt", STATE_FILE):
                 if (weights_dir / name).is_file():
                     shutil.copy2(weights_dir / name, Path(tmp) / name)
             tune.report({**record, **self.extra}, checkpoint=tune.Checkpoint.from_directory(tmp))
@@ -350,7 +354,7 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             shutil.copytree(d, local, dirs_exist_ok=True)
         resume_from = local / "last.pt"
-        state = json.loads((local / "detune_state.json").read_text())
+        state = read_state(local) or {}
         restored_from = state.get("trial_id")
         if restored_from == trial_id and state["epoch"] + 1 >= cfg.epochs:
             # The driver died between this trial's last report and its return: nothing left to train.
@@ -374,7 +378,7 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
         str(g) for g in ray.get_gpu_ids()), "detune_node": ray.get_runtime_context().get_node_id(),
              "detune_restored_from": restored_from or "", "detune_status": "running"}
     result = training.run(cfg, observers=[_TrialState(trial_id), _Reporter(extra)], resume_from=resume_from,
-                          tracking=tracking, fit=payload.get("fit"))
+                          tracking=tracking, fit=payload.get("fit"), data=payload.get("data"))
     _release_memory()  # this worker runs the next trial too (reuse_actors)
     if result.status == "diverged":
         worst = -math.inf if payload["mode"] == "max" else math.inf
@@ -402,10 +406,9 @@ class _TrialState:
         self.trial_id = trial_id
 
     def on_epoch(self, record: dict[str, float], weights_dir: Path) -> None:
-        path = weights_dir / "detune_state.json"
-        if path.is_file():
-            state = json.loads(path.read_text())
-            path.write_text(json.dumps({**state, "trial_id": self.trial_id}))
+        state = read_state(weights_dir)
+        if state is not None:
+            (weights_dir / STATE_FILE).write_text(json.dumps({**state, "trial_id": self.trial_id}))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -422,7 +425,8 @@ def tune(config: str | os.PathLike[str] | Mapping[str, Any] | StudyConfig, /, *,
         address: an existing Ray cluster (``auto`` or ``ray://host:10001``); default: a local Ray.
         progress: called on the driver with one row per trial (trial_id, status, params, epoch, metric,
             best) whenever a trial starts, reports or ends; the CLI draws its live table from it.
-        fit: replaces the Ultralytics adapter in trials (tests use ``detune._fake.fit``).
+        fit: replaces the Ultralytics adapter in trials and in an ``lr_finder`` range's LR range test (tests
+            use ``detune._fake.fit``; see ``detune.adapters.base.Fit``).
 
     Returns a ``StudyResult``; ``best.yaml`` and ``trials.csv`` are written to ``output_dir``. Before anything
     is written, the study is checked (``check_study``), its folders too, and ``output_dir`` is locked: a second
@@ -445,7 +449,7 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
     state_file = study.output_dir / STUDY_STATE
     state = json.loads(state_file.read_text()) if resume and state_file.is_file() else {}
     tcfg = resolve_tracking(study.tracking, default_experiment=study.name)
-    train = _absolute_paths(study.train.to_dict())  # the dataset is checked before any run or Ray exists
+    train, data = _absolute_paths(study.train.to_dict())  # the dataset is checked before any run or Ray exists
     parent_run_id = state.get("parent_run_id")
     if tcfg is not None:
         tr.check_reachable(tcfg)
@@ -456,13 +460,14 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
     try:
         study = _centre_prior(study, state, tcfg, parent_run_id)
         train["lr0"] = study.train.lr0
-        _atomic_json(state_file, {"parent_run_id": parent_run_id, "name": study.name, "metric": study.metric,
-                                  "mode": study.mode, "lr0_centre": study.train.lr0})
+        atomic_write(state_file, json.dumps({"parent_run_id": parent_run_id, "name": study.name,
+                                             "metric": study.metric, "mode": study.mode,
+                                             "lr0_centre": study.train.lr0}, indent=2))
         payload = {
             "train": train, "trials_dir": str(study.output_dir / "trials"), "name": study.name,
             "gpu": study.resources_per_trial["gpu"], "cpu": study.resources_per_trial["cpu"],
             "metric": study.metric, "mode": study.mode, "tracking": tcfg, "parent_run_id": parent_run_id,
-            "fit": fit,
+            "fit": fit, "data": data,
         }
         _PROGRESS["live"] = set()
         started = time.monotonic()
@@ -482,6 +487,7 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
             _close_failed_study(tcfg, parent_run_id, e)
         raise
     report_dir = _report(study)
+    result.report = report_dir / "report.md" if report_dir is not None else None
     if tcfg is not None:
         truth = {t["trial_id"]: (t["status"], t["reason"] or "") for t in result.trials}
         tr.sync_trial_runs(tcfg, parent_run_id=parent_run_id, truth=truth)
@@ -548,18 +554,17 @@ def _report(study: StudyConfig) -> Path | None:
         return None
 
 
-def _absolute_paths(train: dict[str, Any]) -> dict[str, Any]:
+def _absolute_paths(train: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """Trials run in their own working directories: resolve data (generating "shapes" once, here, not in
-    racing trials), check it before Ray starts, and make a local model file path absolute."""
-    from detune.datasets import check_dataset
-    from detune.training import resolve_data
+    racing trials), check it before Ray starts (once: the trials reuse the check), and make a local model
+    file path absolute. Returns the train mapping and the ``PreparedData``."""
+    from detune.datasets import prepare_data
 
-    data = resolve_data(train["data"])
-    check_dataset(data)
-    out = {**train, "data": str(data)}
+    data = prepare_data(train["data"])
+    out = {**train, "data": str(data.dataset.yaml_path)}
     if Path(train["model"]).is_file():
         out["model"] = str(Path(train["model"]).resolve())
-    return out
+    return out, data
 
 
 def _best_metrics(study: StudyConfig, result: StudyResult) -> dict[str, float]:
@@ -601,7 +606,7 @@ def _run_ray(study: StudyConfig, payload: dict[str, Any], *, resume: bool, addre
             tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
         else:
-            tuner = _new_tuner(study, trainable, payload["tracking"], payload["parent_run_id"])
+            tuner = _new_tuner(study, trainable, payload["tracking"], payload["parent_run_id"], fit=payload.get("fit"))
         _PROGRESS["current"] = progress
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*reuse_actors.*")  # see reuse_actors above (PBT)
@@ -716,10 +721,11 @@ def _check_resources(study: StudyConfig, address: str | None) -> None:
     raise TuneError(msg + " (a trial would wait for them forever)")
 
 
-def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str | None) -> Any:
+def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str | None, *, fit: Any = None) -> Any:
     from ray import tune
 
-    space = {k: _domain(d, _lr_suggestion(study, d, tcfg, parent_run_id)) for k, d in study.search_space.items()}
+    space = {k: _domain(d, _lr_suggestion(study, d, tcfg, parent_run_id, fit=fit))
+             for k, d in study.search_space.items()}
     scheduler = _scheduler(study)
     # PBT too (random/grid only): a seeded variant generator makes its initial population reproducible
     search_alg = _search_alg(study, space)
@@ -745,13 +751,33 @@ def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str
     )
 
 
-def _lr_suggestion(study: StudyConfig, dim: Dim, tcfg: Any, parent_run_id: str | None) -> float | None:
+def _lr_suggestion(study: StudyConfig, dim: Dim, tcfg: Any, parent_run_id: str | None, *,
+                   fit: Any = None) -> float | None:
     if dim.kind != "lr_finder":
         return None
-    from detune.lr_finder import suggest_for_study
-
     tracking = tcfg.replace(parent_run_id=parent_run_id) if tcfg is not None else None
-    return suggest_for_study(study, tracking=tracking)  # its own MLflow run, nested under the study
+    return suggest_for_study(study, tracking=tracking, fit=fit)  # its own MLflow run, nested under the study
+
+
+def suggest_for_study(study: StudyConfig, *, tracking: Any = None, settings: Any = None, fit: Any = None) -> float:
+    """The default-method LR finder suggestion for the study's base train config (centre of an ``lr_finder`` range).
+
+    Args:
+        tracking: None records nothing; a ``TrackingConfig`` with ``parent_run_id`` nests the finder's run
+            under the study's run.
+        fit: the trainer (default the Ultralytics adapter; tests pass ``detune._fake``).
+
+    Raises:
+        TuneError: when the finder gives no suggestion (with the reason).
+    """
+    from detune.lr_finder import DEFAULT_METHOD, range_test
+
+    result = range_test(study.train, settings, tracking=tracking if tracking is not None else False, fit=fit)
+    lr = result.suggestion(DEFAULT_METHOD)
+    if lr is None:
+        raise TuneError("search_space.lr0 uses lr_finder but the LR finder gave no suggestion: "
+                        f"{result.reason}")
+    return lr
 
 
 # Ray pickles its callbacks into the experiment (and restores them on --resume), so the callback looks the
@@ -826,8 +852,3 @@ def _driver_callback(study: StudyConfig, tcfg: Any, parent_run_id: str | None) -
 
     return DriverCallback()
 
-
-def _atomic_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)

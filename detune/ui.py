@@ -9,15 +9,16 @@ prints (``UiServer.page``) is the experiment's runs table in the Model-training 
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import socket
 import sys
 from typing import NamedTuple
 
-from detune.errors import TrackingError
+from detune.errors import TrackingError, did_you_mean
 from detune.tracking_config import absolute_uri, clip, default_uri, env_uri, local_path, ui_url
+
+__all__ = ["LOOPBACK", "UiServer", "ui_command"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -89,11 +90,10 @@ def _experiment_id(store: str, name: str | None) -> str | None:
     if name is not None:
         ids = [i for i, n in found if n == name]
         if not ids:
-            close = difflib.get_close_matches(name, [n for _, n in found], n=3)
-            names = close or [n for _, n in found][:10]
+            close = did_you_mean(name, [n for _, n in found], n=3, quote=True)
+            names = [n for _, n in found][:10]
             raise TrackingError(f"no experiment {clip(name)} in {store}; "
-                                + (f"did you mean {', '.join(map(repr, names))}?" if close else
-                                   f"experiments: {', '.join(clip(n) for n in names) or 'none'}"))
+                                + (close or f"experiments: {', '.join(clip(n) for n in names) or 'none'}"))
         return ids[0]
     mine = [i for i, n in found if not (i == "0" and n == "Default")]
     return mine[0] if len(mine) == 1 else None

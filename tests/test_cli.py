@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from detune.cli import app, run_tune
-from detune.report import FIGURES
+from detune.report import FIGURES, build_report
 from detune.study import StudyConfig
 from detune.study_files import StudyResult
 
@@ -80,9 +80,11 @@ class FakeTune:
                    "lr0": 0.01},
                   {"trial_id": "t1", "status": "diverged", "best_metric": float("nan"), "epochs_run": 1,
                    "lr0": 0.03}]
+        report = build_report(out, metric=study.metric, mode=study.mode) / "report.md"  # as tune writes it
         return StudyResult(name=study.name, metric=study.metric, mode=study.mode, best_config={"lr0": 0.01},
                            best_params={"lr0": 0.01}, best_metrics={study.metric: 0.25}, trials=trials,
-                           output_dir=out, best_yaml=out / "best.yaml", trials_csv=out / "trials.csv")
+                           output_dir=out, best_yaml=out / "best.yaml", trials_csv=out / "trials.csv",
+                           report=report)
 
 
 @pytest.fixture
@@ -101,7 +103,8 @@ def test_tune_passes_the_validated_study_and_flags_to_the_library(tmp_path: Path
     study = args[0]
     assert isinstance(study, StudyConfig) and study.name == "cli" and study.num_samples == 3
     assert study.train.epochs == 2 and study.output_dir == tmp_path / "out"
-    assert set(kwargs) == {"resume", "address", "progress"}
+    assert set(kwargs) == {"resume", "address", "progress", "fit"}
+    assert kwargs["fit"] is None  # no trainer injected (obj={"fit": ...}): the Ultralytics adapter
     assert kwargs["resume"] is False and kwargs["address"] == "auto" and callable(kwargs["progress"])
     first = result.stdout.splitlines()[0]
     assert first.startswith("study cli: 2 trials (1 completed, 1 diverged), 2 trial-epochs in ")
@@ -220,7 +223,7 @@ def test_train_passes_the_config_and_a_progress_observer(tmp_path: Path,
     result = invoke("train", "lr0=0.02", "scheduler=onecycle", "epochs=2", "warmup_epochs=0",
                     f"project={tmp_path}", "--json")
     assert result.exit_code == 0, result.output
-    assert set(seen) == {"cfg", "observers"}
+    assert set(seen) == {"cfg", "observers", "fit"} and seen["fit"] is None  # no trainer injected: the adapter
     assert (seen["cfg"].lr0, seen["cfg"].scheduler, seen["cfg"].epochs) == (0.02, "onecycle", 2)
     data = json.loads(result.stdout)
     assert data["status"] == "completed" and data["best_epoch"] == 1

@@ -125,6 +125,19 @@ def test_import_detune_is_light_and_side_effect_free(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_detune_schedules_is_reachable_after_import_detune(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, detune; assert 'detune.schedules' not in sys.modules; "  # loaded on first use only
+            "print('cosine' in detune.schedules.list_schedules(), 'schedules' in dir(detune))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "HOME": str(tmp_path), "DETUNE_HOME": str(tmp_path / "dh")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"], out.stdout
+
+
 def test_baseline_point_is_the_base_configs_own_values_when_the_space_holds_them() -> None:
     from detune.search_space import baseline_point, parse_search_space
 

@@ -144,7 +144,7 @@ def test_checkpoints_detune_did_not_write_are_never_loaded(tmp_path: Path, tiny:
     import hashlib
     import json
 
-    from detune.adapters.ultralytics import STATE_FILE
+    from detune.adapters.base import STATE_FILE
     from detune.config import from_dict
     from detune.errors import AdapterError
     from detune.training import run
@@ -175,6 +175,7 @@ def test_checkpoints_detune_did_not_write_are_never_loaded(tmp_path: Path, tiny:
     # the checkpoints detune did write carry their checksum, and resume
     state = json.loads((kept / STATE_FILE).read_text())
     assert state["last_sha256"] == hashlib.sha256((kept / "last.pt").read_bytes()).hexdigest()
+    assert "plateau" not in state  # a closed-form schedule learns nothing: no empty plateau state stored
     resumed = run(from_dict({**tiny, "name": "resumed"}), resume_from=kept / "last.pt")
     assert resumed.status == "completed", resumed.reason
     assert [h["epoch"] for h in resumed.history] == [2] and resumed.info["start_epoch"] == 1

@@ -8,6 +8,7 @@ import pytest
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import detune
+from detune.adapters.base import read_state
 from detune.schedules import build_plan, list_schedules
 
 pytestmark = pytest.mark.slow
@@ -59,6 +60,11 @@ def test_every_schedule_is_applied_at_every_step_with_warmup(tiny: dict, kind: s
             assert seen["lr"][i] == pytest.approx(expected, rel=1e-9), (step, kind_name)
             assert logged[f"lr/pg{i}"] == seen["lr"][i]
         assert seen["momentum"][0] == pytest.approx(plan.momentum_at(step), rel=1e-9)
+    state = read_state(result.save_dir / "weights")  # the checkpoint's state: plateau's only when it learnt one
+    if kind == "plateau":
+        assert "num_bad_epochs" in state["plateau"], state
+    else:
+        assert "plateau" not in state, state  # closed-form: no empty "plateau": {} in every checkpoint
 
 
 @pytest.mark.parametrize("cos_lr", [False, True])

@@ -8,42 +8,55 @@ import logging
 import math
 import random
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import detune
+from detune import _fake
+from detune._fake import u_curve
 from detune._lr_suggest import (
     DEFAULT_METHOD,
     MIN_POINTS,
     FinderSettings,
-    find_stop,
+    LossSmoother,
+    StopRule,
     lr_at,
-    smooth_losses,
     stop_warmup,
     suggest,
     trim,
 )
-from detune.adapters.ultralytics import RunOutcome
 from detune.config import DetuneWarning, TrainConfig, load_config
 from detune.errors import AdapterError, ConfigError, TuneError
-from detune.lr_finder import LRFinderResult, fallback_lr0, lr_find, range_test, resolve_auto_lr0, suggest_for_study
+from detune.lr_finder import LRFinderResult, fallback_lr0, lr_find, range_test
+from detune.training import resolve_auto_lr0
+from detune.tuning import suggest_for_study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # ---- hand-made curves ------------------------------------------------------------------------------------
+def smooth_losses(losses: list[float], smoothing: float = 0.05) -> list[float]:
+    """The finder's smoothed curve: its ``LossSmoother`` over every loss (NaN where a loss is not finite)."""
+    smoother = LossSmoother(smoothing)
+    return [smoother.update(float(v)) for v in losses]
+
+
+def find_stop(losses: list[float], smoothing: float = 0.05, stop_factor: float | None = 4.0,
+              warmup: int = 0) -> tuple[int | None, str | None]:
+    """Replay the finder's ``StopRule`` over a curve: the index the sweep stops at (None: never), and why."""
+    smoother, rule = LossSmoother(smoothing), StopRule(stop_factor, warmup)
+    for i, loss in enumerate(losses):
+        reason = rule.check(i, float(loss), smoother.update(float(loss)))
+        if reason is not None:
+            return i, reason
+    return None, None
+
+
 def log_grid(n: int = 101, lo: float = -6.0, hi: float = 0.0) -> list[float]:
     """n lrs evenly spaced in log10 from 10**lo to 10**hi (the default puts 1e-3 and 1e-1 on the grid)."""
     return [10 ** (lo + (hi - lo) * i / (n - 1)) for i in range(n)]
-
-
-def u_curve(lr: float) -> float:
-    """Falls fastest at lr = 1e-3 (the tanh inflection), bottoms out near 0.1, then rises steeply."""
-    x = math.log10(lr)
-    return 2.0 - math.tanh(2.0 * (x + 3.0)) + 20.0 * max(0.0, x + 1.0) ** 2
 
 
 def nearest(lrs: list[float], target: float) -> float:
@@ -285,37 +298,7 @@ def test_result_to_dict_is_json_safe() -> None:
 
 
 # ---- the sweep through a fake fit (the adapter's probe protocol) -------------------------------------------
-class FakeFit:
-    """Implements the adapter's ``fit`` for probe runs (loss = ``curve(lr)``) and for plain trainings."""
-
-    def __init__(self, curve: Callable[[float], float] = u_curve, batches_per_epoch: int = 40,
-                 status: str | None = None) -> None:
-        self.curve, self.batches_per_epoch, self.status = curve, batches_per_epoch, status
-        self.configs: list[TrainConfig] = []
-        self.lrs_applied: list[float] = []
-
-    def __call__(self, cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from: Any = None,
-                 probe: Any = None) -> RunOutcome:
-        self.configs.append(cfg)
-        save = Path(cfg.project) / cfg.name
-        save.mkdir(parents=True, exist_ok=True)
-        info = {"batches_per_epoch": self.batches_per_epoch, "steps_per_epoch": self.batches_per_epoch,
-                "save_dir": str(save), "device": "cpu"}
-        observer.on_start(dict(info))
-        if probe is None:  # a normal one-epoch training at cfg.lr0
-            record = {"epoch": 1, "fitness": 0.5, "metrics/mAP50-95": 0.5, "lr/pg0": cfg.effective_lr0}
-            return RunOutcome("completed", [record], save, {}, [], info)
-        if self.status == "failed":
-            return RunOutcome("failed", [], save, {}, [], info, reason="RuntimeError: boom")
-        for step in range(cfg.epochs * self.batches_per_epoch):
-            lr = probe.lr(step)
-            self.lrs_applied.append(lr)
-            loss = self.curve(lr)
-            if not math.isfinite(loss):  # the adapter's guard raises Diverged before on_loss sees it
-                return RunOutcome("diverged", [], save, {}, [], info, reason=f"loss is {loss} at step {step}")
-            if probe.on_loss(step, loss):
-                return RunOutcome("stopped", [], save, {}, [], info)
-        return RunOutcome("completed", [], save, {}, [], info)
+FakeFit = _fake.Fake  # the one fake trainer: probe runs on a loss curve, trainings as _fake.fit
 
 
 @pytest.fixture
@@ -413,6 +396,21 @@ def test_train_lr0_auto_records_the_suggestion(base_cfg: TrainConfig, tmp_path: 
     assert finder["num_iters"] == 100 and 80 < finder["points"] <= 100 and finder["settings"]["min_lr"] == 1e-6
 
 
+def test_train_lr0_auto_checks_the_dataset_once(base_cfg: TrainConfig, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data is prepared once per run and handed to the finder and the training (every label file read
+    once, not once by the finder and again by the training)."""
+    from detune import datasets, training
+
+    checked: list[Path] = []
+    real = datasets.check_dataset
+    monkeypatch.setattr(datasets, "check_dataset", lambda data, **kw: checked.append(Path(data)) or real(data, **kw))
+    cfg = base_cfg.replace(lr0="auto", epochs=1, warmup_epochs=0.0, project=str(tmp_path), name="run")
+    result = training.run(cfg, fit=FakeFit())
+    assert result.status == "completed" and "lr_finder" in result.info
+    assert checked == [Path(base_cfg.data).resolve()]
+
+
 @pytest.mark.parametrize(("optimizer", "fallback"), [("SGD", 0.01), ("MuSGD", 0.01), ("AdamW", 0.001),
                                                      ("Adam", 0.001), ("RMSProp", 0.001)])
 def test_train_lr0_auto_without_a_suggestion_trains_at_the_default_with_a_warning(
@@ -442,13 +440,11 @@ def study_of(cfg: TrainConfig, tmp_path: Path) -> Any:
 def test_suggest_for_study_records_nothing_global(base_cfg: TrainConfig, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("detune.adapters.ultralytics.fit", FakeFit())
     study = study_of(base_cfg, tmp_path)
-    assert 3e-4 < suggest_for_study(study) < 3e-3
+    assert 3e-4 < suggest_for_study(study, fit=FakeFit()) < 3e-3
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "study").exists()
-    monkeypatch.setattr("detune.adapters.ultralytics.fit", FakeFit(curve=lambda lr: 1.0 + lr))
     with pytest.raises(TuneError, match="the LR finder gave no suggestion: (the smoothed loss never fell|no signal)"):
-        suggest_for_study(study)
+        suggest_for_study(study, fit=FakeFit(curve=lambda lr: 1.0 + lr))
 
 
 # ---- tracking ----------------------------------------------------------------------------------------------
@@ -567,9 +563,8 @@ def test_real_train_with_lr0_auto(tmp_path: Path) -> None:
     assert Path(finder["plot"]).is_file() and Path(finder["plot"]).parent == result.save_dir
 
 
-# ---- the CLI (the adapter's fit replaced by the fake: the commands' own behaviour) ------------------------
-def test_cli_lr_find_without_signal_exits_1_with_the_reason(shapes_yaml: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+# ---- the CLI (the fake trainer injected as obj={"fit": ...}: the commands' own behaviour) ------------------
+def test_cli_lr_find_without_signal_exits_1_with_the_reason(shapes_yaml: Path, tmp_path: Path) -> None:
     import inspect
 
     from typer.testing import CliRunner
@@ -577,25 +572,23 @@ def test_cli_lr_find_without_signal_exits_1_with_the_reason(shapes_yaml: Path, t
     from detune import cli
 
     assert inspect.signature(cli.lr_find).parameters["method"].default == DEFAULT_METHOD
-    monkeypatch.setattr("detune.adapters.ultralytics.fit", FakeFit(curve=lambda lr: 1.0, batches_per_epoch=8))
+    fake = FakeFit(curve=lambda lr: 1.0, batches_per_epoch=8)
     result = CliRunner().invoke(cli.app, ["lr-find", f"data={shapes_yaml}", "batch=4", "imgsz=32", "device=cpu",
-                                          "--out", str(tmp_path / "lr.png")])
+                                          "--out", str(tmp_path / "lr.png")], obj={"fit": fake})
     assert result.exit_code == 1, result.output
     assert "error: the LR finder gave no valley suggestion: no signal: the smoothed loss fell only" in result.stderr
     assert "suggested lr0 (valley): none (no signal" in result.stdout and (tmp_path / "lr.png").is_file()
 
 
-def test_cli_train_lr0_auto_without_signal_warns_and_trains(shapes_yaml: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_train_lr0_auto_without_signal_warns_and_trains(shapes_yaml: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from detune import cli
 
     fake = FakeFit(curve=lambda lr: 1.0, batches_per_epoch=8)
-    monkeypatch.setattr("detune.adapters.ultralytics.fit", fake)
     result = CliRunner().invoke(cli.app, ["train", f"data={shapes_yaml}", "lr0=auto", "epochs=1", "batch=4",
                                           "imgsz=32", "device=cpu", "warmup_epochs=0", "plots=false",
-                                          f"project={tmp_path}", "name=auto"])
+                                          f"project={tmp_path}", "name=auto"], obj={"fit": fake})
     assert result.exit_code == 0, result.output
     assert "warning: lr0 ('auto'): the LR finder gave no valley suggestion (no signal" in result.stderr
     assert "training at lr0 0.01 instead" in result.stderr and fake.configs[-1].lr0 == 0.01

@@ -611,7 +611,8 @@ def test_bad_values_name_field_value_rule_and_fix(name: str, params: dict[str, A
         ({"steps_per_epoch": -1}, "steps_per_epoch (-1) must be a number > 0"),
         ({"interval": "batch"}, "scheduler_interval ('batch') must be one of 'step', 'epoch'"),
         ({"warmup_epochs": -1}, "warmup_epochs (-1) must be a number >= 0"),
-        ({"warmup_momentum": 1.5}, "warmup_momentum (1.5) must be a number in [0, 1]"),
+        ({"warmup_momentum": 1.5}, "warmup_momentum (1.5) must be a number in [0, 1)"),
+        ({"momentum": 1.0}, "momentum (1.0) must be a number in [0, 1)"),  # as TrainConfig: SGD diverges at 1
         ({"scheduler_params": [0.5]}, "scheduler_params ([0.5]) must be a mapping"),
         ({"scheduler": "stepp"}, "did you mean 'step'?"),
         (

@@ -619,7 +619,7 @@ print(tracking.prepare_store(TrackingConfig(uri=sys.argv[1], experiment="race"))
 def test_two_processes_create_the_same_fresh_sqlite_store(tmp_path: Path) -> None:
     """Two real processes open one fresh sqlite store at the same instant (MLflow alone crashes one with
     "duplicate column name" or "Online migration expected to match one row"): both get the experiment."""
-    env = {**os.environ, "PYTHONPATH": str(Path(tracking.__file__).parents[1]), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, "PYTHONPATH": str(Path(tracking.__file__).parents[2]), "MLFLOW_DISABLE_TELEMETRY": "true"}
     for attempt in range(2):
         uri = f"sqlite:///{tmp_path / f'race{attempt}' / 'mlflow.db'}"
         barrier = tmp_path / f"barrier{attempt}"
@@ -633,13 +633,24 @@ def test_two_processes_create_the_same_fresh_sqlite_store(tmp_path: Path) -> Non
         assert len(ids) == 1, outs
 
 
+def test_reading_a_store_touches_no_ultralytics_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``detune report``/``ui`` read a store: MLflow's environment only, no Ultralytics settings or font copy
+    under detune's home (the old client ran the training runtime's setup for every read)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("DETUNE_HOME", str(home))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.prepare_store(TrackingConfig(uri=uri, experiment="read"))
+    assert "read" in [name for _, name in tracking.list_experiments(uri)]
+    assert not (home / "ultralytics").exists(), sorted(p.name for p in home.rglob("*"))
+
+
 def test_openers_of_an_initialized_sqlite_store_share_its_lock(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the creation of a store's schema is exclusive: eight trials opening the study's (initialized)
     store at once must not wait for each other (under load they did, past the lock's timeout)."""
     import fcntl
 
-    monkeypatch.setattr(tracking, "LOCK_TIMEOUT", 0.5)
+    monkeypatch.setattr("detune.tracking._store.LOCK_TIMEOUT", 0.5)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     lock = tmp_path / "mlflow.db.lock"
     with open(lock, "w") as held:  # another process creating the schema

@@ -52,6 +52,7 @@ def test_asha_stops_bad_trials_early(tmp_path: Path, shapes_yaml: Path) -> None:
     assert all(t["epochs_run"] < 6 for t in stopped)
     assert sum(t["epochs_run"] for t in result.trials) < 8 * 6  # compute saved
     assert result.best_yaml.is_file() and result.trials_csv.is_file()
+    assert result.report == result.output_dir / "report" / "report.md" and result.report.is_file()  # built once
 
 
 @pytest.mark.usefixtures("local_ray")

@@ -201,7 +201,7 @@ def served_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     exp_id, parent, children = log_study(f"sqlite:///{store}", "browser-study")
     port = free_port()
     cli = [str(Path(sys.executable).with_name("detune")), "ui", "--uri", f"sqlite:///{store}", "--port", str(port)]
-    env = {**os.environ, "PYTHONPATH": str(Path(tracking.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(tracking.__file__).parents[2])}
     out = tmp_path / "ui.out"
     with open(out, "wb") as sink:
         proc = subprocess.Popen(cli, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -1,1 +1,4 @@
-"""Adapters between detune and training frameworks; only ``ultralytics.py`` imports Ultralytics."""
+"""Trainers behind one seam: ``base.py`` (the ``fit`` protocol every trainer implements) and
+``ultralytics.py`` (the only module that imports Ultralytics and torch)."""
+
+__all__: list[str] = []

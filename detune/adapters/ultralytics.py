@@ -9,46 +9,26 @@ every param group's lr (and momentum) right before each optimizer step, in ``opt
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import json
 import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from detune import _runtime
 from detune._lr_suggest import LossSmoother, StopRule
-from detune.config import TrainConfig, schedule_kwargs
+from detune.adapters.base import STATE_FILE, Observer, Probe, RunOutcome, sha256, trusted_state
+from detune.config import TrainConfig, lr_plan
 from detune.errors import AdapterError, ConfigError
 
-STATE_FILE = "detune_state.json"  # written beside last.pt: optimizer-step counter and plateau state
+__all__ = ["STATE_FILE", "Observer", "Probe", "RunOutcome", "check_device", "fit", "metric_name", "resolve_device",
+           "trusted_state", "yolo_overrides"]
+
 # Divergence guard: the LR finder's smoother and stop rule (detune._lr_suggest.StopRule) over the batch loss;
 # its first GUARD_WARMUP batches (or the LR warmup, if longer) use the wider bar divergence_factor ** 2.
 GUARD_SMOOTHING = 0.05
 GUARD_WARMUP = 10
-
-
-class Observer(Protocol):
-    """What the adapter tells the rest of detune while it trains; every method is optional."""
-
-    def on_start(self, info: dict[str, Any]) -> None: ...
-    def on_step(self, step: int, epoch: int, lrs: list[float]) -> None: ...
-    def on_epoch(self, record: dict[str, float], weights_dir: Path) -> None: ...
-
-
-@dataclasses.dataclass
-class RunOutcome:
-    """Plain-data result of ``fit``: no Ultralytics or torch objects."""
-
-    status: str  # completed | diverged | failed
-    history: list[dict[str, float]]
-    save_dir: Path | None
-    weights: dict[str, Path]
-    steps: list[dict[str, float]]  # one entry per optimizer step: step, epoch, lr/pgN
-    info: dict[str, Any]
-    reason: str | None = None
 
 
 class Diverged(Exception):
@@ -57,14 +37,6 @@ class Diverged(Exception):
 
 class ProbeDone(Exception):
     """Raised by a probe (the LR range test) to end its throw-away run."""
-
-
-class Probe(Protocol):
-    """Takes over the lr for an LR range test: ``lr(step)`` for every param group, ``on_loss`` after each
-    batch returns True to stop. The divergence guard is off; no epoch is validated."""
-
-    def lr(self, step: int) -> float: ...
-    def on_loss(self, step: int, loss: float) -> bool: ...
 
 
 def metric_name(key: str) -> str:
@@ -143,18 +115,10 @@ class _Control:
 
     # ---- LR control -------------------------------------------------------------------------------
     def start(self, trainer: Any) -> None:
-        from detune.schedules import build_plan
-
         nb = len(trainer.train_loader)
         steps_per_epoch = nb / trainer.accumulate
-        self.plan = build_plan(
-            scheduler=self.cfg.schedule_name, scheduler_params=schedule_kwargs(self.cfg),
-            lr0=self.cfg.effective_lr0, epochs=self.cfg.epochs, steps_per_epoch=steps_per_epoch,
-            interval=self.cfg.scheduler_interval, warmup_epochs=self.cfg.warmup_epochs,
-            warmup_bias_lr=self.cfg.warmup_bias_lr, warmup_momentum=self.cfg.warmup_momentum,
-            momentum=self.cfg.momentum,
-        )
-        if self.plateau_state is not None and hasattr(self.plan.schedule, "load_state"):
+        self.plan = lr_plan(self.cfg, steps_per_epoch)
+        if self.plateau_state:
             self.plan.schedule.load_state(self.plateau_state)
         if trainer.device.type == "cpu":
             import torch
@@ -229,44 +193,12 @@ class _Control:
         self.plan.observe(trainer.epoch, record["fitness"])
         self.history.append(record)
         last = Path(trainer.wdir) / "last.pt"
-        state = {"step": self.step, "epoch": trainer.epoch, "last_sha256": _sha256(last) if last.is_file() else None}
-        if hasattr(self.plan.schedule, "state"):
-            state["plateau"] = self.plan.schedule.state()
+        state = {"step": self.step, "epoch": trainer.epoch, "last_sha256": sha256(last) if last.is_file() else None}
+        learnt = self.plan.schedule.state()  # {} for closed-form schedules: nothing to store
+        if learnt:
+            state["plateau"] = learnt
         (Path(trainer.wdir) / STATE_FILE).write_text(json.dumps(state))
         self.call("on_epoch", dict(record), Path(trainer.wdir))
-
-
-def trusted_state(checkpoint: Path) -> dict[str, Any]:
-    """detune's state saved beside ``checkpoint``, once it is certain that detune wrote that very file.
-
-    ``.pt`` files are pickles: loading one can run any code. So detune resumes only from a ``last.pt`` whose
-    SHA-256 it recorded in ``detune_state.json`` when it saved it, and checks that before unpickling.
-
-    Raises:
-        AdapterError: no state file beside the checkpoint, or a checksum that differs.
-    """
-    state_file = checkpoint.parent / STATE_FILE
-    why = ("; .pt files are pickles that can run code when loaded, so detune resumes only from checkpoints it "
-           "saved itself (to start from weights you trust, pass them as model=)")
-    if not state_file.is_file():
-        raise AdapterError(f"{checkpoint} is not a checkpoint detune wrote: no {STATE_FILE} state file beside it{why}")
-    try:
-        state = json.loads(state_file.read_text())
-    except (OSError, ValueError) as e:
-        raise AdapterError(f"{checkpoint} is not a checkpoint detune wrote: {state_file} is unreadable "
-                           f"({e}){why}") from e
-    if not checkpoint.is_file() or state.get("last_sha256") != _sha256(checkpoint):
-        raise AdapterError(f"{checkpoint} is not a checkpoint detune wrote: its checksum differs from the one in "
-                           f"{state_file}{why}")
-    return state
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _trainer_class(ctl: _Control) -> type:

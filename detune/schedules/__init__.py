@@ -13,7 +13,7 @@ from detune.schedules._registry import (
     list_schedules,
     schedule_params,
 )
-from detune.schedules._warmup import LinearWarmup, WarmupSchedule
+from detune.schedules._warmup import LinearWarmup
 
 __all__ = [
     "INTERVALS",
@@ -23,7 +23,6 @@ __all__ = [
     "ParamSpec",
     "Schedule",
     "ScheduleInfo",
-    "WarmupSchedule",
     "build_plan",
     "build_schedule",
     "create_schedule",

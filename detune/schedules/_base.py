@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from detune._checks import is_number
 from detune.errors import ConfigError
 
 # ``epoch * steps_per_epoch / steps_per_epoch`` can land one ulp below an integer; a boundary (a step
@@ -109,11 +110,6 @@ class ParamSpec:
             rule = self.rule(value, base_lr) if callable(self.rule) else self.rule.format(base_lr=base_lr)
             example = self.example(base_lr) if callable(self.example) else self.example
             raise ConfigError(f"scheduler_params.{name} ({value!r}) {rule}; use e.g. {name}: {example}")
-
-
-def is_number(value: Any) -> bool:
-    """A finite int or float; bools are rejected although Python counts them as ints."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def number(

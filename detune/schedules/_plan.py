@@ -118,8 +118,8 @@ def build_plan(
         interval: "step" or "epoch" (see :class:`LRPlan`).
         warmup_epochs: Warmup length in epochs, >= 0 (fractions allowed).
         warmup_bias_lr: Bias lr at step 0, >= 0.
-        warmup_momentum: Momentum at step 0, in [0, 1].
-        momentum: Momentum after warmup, in [0, 1].
+        warmup_momentum: Momentum at step 0, in [0, 1).
+        momentum: Momentum after warmup, in [0, 1).
 
     Raises:
         ConfigError: Any setting is unknown or out of range (the message names the field and a fix).
@@ -141,8 +141,8 @@ def build_plan(
     if not is_number(warmup_bias_lr) or warmup_bias_lr < 0:
         raise _fail("warmup_bias_lr", warmup_bias_lr, "must be a number >= 0", "use e.g. warmup_bias_lr: 0.1")
     for field, value, example in (("warmup_momentum", warmup_momentum, 0.8), ("momentum", momentum, 0.937)):
-        if not is_number(value) or not 0 <= value <= 1:
-            raise _fail(field, value, "must be a number in [0, 1]", f"use e.g. {field}: {example}")
+        if not is_number(value) or not 0 <= value < 1:  # the same bound as TrainConfig's
+            raise _fail(field, value, "must be a number in [0, 1)", f"use e.g. {field}: {example}")
     if not isinstance(scheduler_params, Mapping):
         raise _fail("scheduler_params", scheduler_params, "must be a mapping",
                     "use e.g. scheduler_params: {gamma: 0.5}")

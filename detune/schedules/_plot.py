@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from detune._plotting import new_figure, save
 from detune.schedules._base import boundary_slack
 from detune.schedules._plan import LRPlan
 
@@ -89,16 +90,11 @@ def plot(
     Raises:
         ImportError: matplotlib is not installed (``pip install matplotlib``).
     """
-    try:
-        from matplotlib.figure import Figure  # optional; Figure needs no pyplot and no global backend
-    except ImportError as exc:
-        raise ImportError("detune.schedules.plot needs matplotlib: pip install matplotlib") from exc
-
+    fig = new_figure("detune.schedules.plot", figsize=(9.0, 5.5), layout="constrained")
     last = plan.num_steps - 1
     steps = sample_steps(plan)
     epochs = [plan.epoch_of(k) for k in steps]
 
-    fig = Figure(figsize=(9.0, 5.5), layout="constrained")
     ax_lr, ax_mom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     styles = ("-", "--", ":", "-.")
     for i, (label, bias, mult) in enumerate(groups):
@@ -128,10 +124,7 @@ def plot(
     ax_mom.set_xlim(0, max(last, 1))
     fig.suptitle(title or _summary(plan), fontsize="medium")
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    return out
+    return save(fig, path, dpi=dpi)
 
 
 def _summary(plan: LRPlan) -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from detune.errors import ConfigError
+from detune.errors import ConfigError, did_you_mean
 from detune.schedules._base import ParamSpec, Schedule, choice, epoch_list, is_number, lr_bound, number
 from detune.schedules._kinds import (
     ConstantSchedule,
@@ -132,8 +131,8 @@ def get_schedule_info(name: str) -> ScheduleInfo:
     """
     info = _REGISTRY.get(name)
     if info is None:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        close = did_you_mean(name, _REGISTRY, quote=True)
+        hint = f"{close} " if close else ""
         valid = ", ".join(list_schedules())
         raise ConfigError(f"scheduler ({name!r}) is not a known schedule; {hint}valid: {valid}")
     return info
@@ -211,8 +210,8 @@ def build_schedule(
 def _unknown_param_message(info: ScheduleInfo, key: str) -> str:
     if not info.params:
         return f"scheduler_params.{key} is not a parameter of schedule {info.name!r} (it has none); remove it"
-    close = difflib.get_close_matches(str(key), list(info.params), n=2)
-    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    close = did_you_mean(key, info.params, n=2, quote=True, sep=" or ")
+    hint = f" ({close})" if close else ""
     return (
         f"scheduler_params.{key} is not a parameter of schedule {info.name!r}{hint}; "
         f"valid parameters: {', '.join(info.params)}"

@@ -1,12 +1,10 @@
-"""Linear warmup as a wrapper around any schedule, with Ultralytics' per-step semantics."""
+"""Linear warmup, applied by the plan over any schedule, with Ultralytics' per-step semantics."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from detune.schedules._base import Schedule, interp
+from detune.schedules._base import interp
 
 # Ultralytics BaseTrainer._do_train (engine/trainer.py, 8.4), the ``if nw and ni <= nw:`` block: for batch ni
 # <= nw every param group gets lr = np.interp(ni, [0, nw], [start, initial_lr * lf(epoch)]) with start =
@@ -47,37 +45,3 @@ class LinearWarmup:
             return target
         return interp(step, self.warmup_steps, self.start, target)
 
-
-@dataclass(frozen=True, kw_only=True)
-class WarmupSchedule(Schedule):
-    """Any schedule with a linear warmup in front: ``warmup.apply(step, inner(step))``.
-
-    ``base_lr`` mirrors the inner schedule's; ``observe`` is forwarded to it.
-
-    Example:
-        >>> from detune.schedules._kinds import ConstantSchedule
-        >>> sched = WarmupSchedule.wrap(ConstantSchedule(base_lr=0.01), warmup_steps=2)
-        >>> [sched(0), sched(1), sched(2), sched(3)]
-        [0.0, 0.005, 0.01, 0.01]
-    """
-
-    inner: Schedule
-    warmup: LinearWarmup
-
-    @classmethod
-    def wrap(cls, inner: Schedule, *, warmup_steps: int, start: float = 0.0) -> WarmupSchedule:
-        """``inner`` ramped from ``start`` over ``warmup_steps`` steps."""
-        warmup = LinearWarmup(warmup_steps=warmup_steps, start=start)
-        return cls(base_lr=inner.base_lr, inner=inner, warmup=warmup)
-
-    def __call__(self, step: float) -> float:
-        return self.warmup.apply(step, self.inner(step))
-
-    def observe(self, epoch: int, fitness: float) -> None:
-        self.inner.observe(epoch, fitness)
-
-    def state(self) -> dict[str, Any]:
-        return self.inner.state()
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        self.inner.load_state(state)
