@@ -7,10 +7,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 
+from detune.config import TrainConfig, from_dict
 from detune.confirm import aggregate, choose_best, confirm_seeds, select_top
 from detune.search_space import apply_params, baseline_point
 from detune.study import StudyConfig
@@ -20,11 +22,10 @@ CONFIRM_FILE = "confirm.json"
 
 
 def run_confirmation(study: StudyConfig, result: StudyResult, *,
-                     fit: Any = None) -> tuple[StudyResult, dict[str, float]]:
+                     train: Callable[[TrainConfig], Any]) -> tuple[StudyResult, dict[str, float]]:
     """Retrain, aggregate, rewrite best.yaml; returns the updated result and metrics for the parent run
-    (``confirm/best_mean``, ``confirm/best_std``, ``confirm/baseline_mean``, ...). Writes ``confirm.json``."""
-    from detune import training
-    from detune.config import from_dict
+    (``confirm/best_mean``, ``confirm/best_std``, ``confirm/baseline_mean``, ...). Writes ``confirm.json``.
+    ``train`` runs one config untracked and returns its ``TrainResult`` (the study passes ``training.run``)."""
 
     settings = study.confirm
     if settings is None:
@@ -43,7 +44,7 @@ def run_confirmation(study: StudyConfig, result: StudyResult, *,
         for seed in seeds:
             cfg = from_dict({**apply_params(study.train.to_dict(), params), "seed": seed, "exist_ok": True,
                              "project": str(study.output_dir / "confirm"), "name": f"{trial}-seed{seed}"})
-            run = training.run(cfg, tracking=False, fit=fit)
+            run = train(cfg)
             values = [r.get(study.metric, math.nan) for r in run.history] if run.status == "completed" else []
             finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
             scores.setdefault(trial, []).append(max(finite, key=lambda v: sign * v) if finite else math.nan)

@@ -478,9 +478,11 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
         result = summarize(study, grid, parent_run_id=parent_run_id, interrupted=interrupted)
         confirmed: dict[str, float] = {}
         if study.confirm is not None and not interrupted:  # retrain the top trials with new seeds
+            from detune import training
             from detune._confirm_run import run_confirmation
 
-            result, confirmed = run_confirmation(study, result, fit=fit)
+            result, confirmed = run_confirmation(
+                study, result, train=lambda cfg: training.run(cfg, tracking=False, fit=fit, data=data))
     except BaseException as e:
         _PROGRESS.pop("live", None)
         if tcfg is not None and parent_run_id is not None:

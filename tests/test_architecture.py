@@ -143,3 +143,10 @@ def test_each_heavy_dependency_has_one_home():
             if top in HOMES and not _home_ok(name, HOMES[top]):
                 strays.append(f"{name} imports {top} (line {line}); its home is {' or '.join(HOMES[top])}")
     assert not strays, "\n".join(sorted(set(strays)))
+
+
+def test_only_the_entry_points_run_a_training():
+    """training is the engine under detune.train and the study's trials: only tuning and the CLI import it
+    (others take a trainer as an argument); ``detune`` itself is the lazy facade that exports ``train``."""
+    importers = sorted(name for name, edges in _graph().items() if "detune.training" in edges and name != "detune")
+    assert importers == ["detune.cli", "detune.tuning"], importers
