@@ -385,9 +385,12 @@ def tune_summary(result: Any, study: Any, *, report: Path | None, log: Path | No
     lines = [f"study {result.name}{' (interrupted)' if interrupted else ''}: {len(result.trials)} trials ("
              + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f"), {epochs} trial-epochs in "
              + _elapsed_text(elapsed)]
-    if result.best_config is not None:
+    if result.confirm:
+        lines.append(_confirm_line(result.confirm, result.metric, result.best_params))
+    elif result.best_config is not None:
         lines.append(f"best {result.metric}: {result.best_metrics.get(result.metric, math.nan):.4f} with "
                      + ", ".join(f"{k}={_fmt(v)}" for k, v in result.best_params.items()))
+    if result.best_config is not None:
         lines.append(f"best config: {result.best_yaml}  (re-run: detune train {result.best_yaml})")
     else:
         lines.append("no trial produced a usable result; see trials.csv")
@@ -406,7 +409,27 @@ def tune_summary(result: Any, study: Any, *, report: Path | None, log: Path | No
             "best_metrics": result.best_metrics, "trials": result.trials,
             "parent_run_id": result.parent_run_id,
             "output_dir": result.output_dir, "best_yaml": result.best_yaml, "trials_csv": result.trials_csv,
-            "report": report, "log": log}, lines
+            "report": report, "log": log, "confirm": result.confirm}, lines
+
+
+def _confirm_line(confirm: dict[str, Any], metric: str, params: dict[str, Any]) -> str:
+    """``confirmed best ... over seeds [...]`` against the baseline, with the held-out test scores."""
+    best, base = confirm["best"], confirm.get("baseline")
+    confirmed, tested = confirm["confirmed"], confirm.get("test") or {}
+
+    def score(trial: str) -> str:
+        c = confirmed[trial]
+        text = f"{c['mean']:.4f} +- {c['std']:.4f}"
+        tests = [f"{key} {t[trial]['mean']:.4f}" for key, t in tested.items() if t.get(trial, {}).get("n")]
+        return text + (f" ({', '.join(tests)})" if tests else "")
+
+    line = (f"confirmed best {metric} over seeds {confirm['seeds']}: {score(best['trial_id'])} with "
+            + (", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "the base config"))
+    if base is not None and base != best["trial_id"] and confirmed.get(base, {}).get("n"):
+        line += f"; baseline {score(base)}"
+    elif base == best["trial_id"]:
+        line += " (the baseline: no trial beat it)"
+    return line
 
 
 def finder_summary(result: Any, method: str, plot: Path, *, rerun: str, log: Path | None) -> Summary:

@@ -97,6 +97,7 @@ class TrainConfig:
     threads: int | None = None  # CPU threads for torch; None = every core this process may use
     tracking: Any = "auto"  # on when $MLFLOW_TRACKING_URI is set; False, True, a URI, a mapping: see tracking_config
     verbose: bool = False
+    score_test: bool = False  # after training, score best.pt on the data YAML's test split (test/mAP50-95)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -281,6 +282,9 @@ def _validate(cfg: TrainConfig) -> None:
         if not (field == "lr0" and auto_lr0):
             _number(cfg, field)
     _validate_ranges(cfg)
+    if not isinstance(cfg.score_test, bool):
+        _fail("score_test", cfg.score_test, "must be true or false", "use score_test: true (needs a test: split in "
+              "the data YAML) or leave it out")
     if cfg.batch < 1:
         _fail("batch", cfg.batch, "must be a positive batch size (AutoBatch is not supported: the LR schedule "
               "needs the real number of optimizer steps)", "set e.g. batch: 16")

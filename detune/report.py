@@ -72,6 +72,7 @@ class StudyData:
     epochs: int | None = None  # planned epochs per trial
     best_config: dict[str, Any] | None = None
     best_yaml: Path | None = None
+    confirm: dict[str, Any] | None = None  # confirm.json of the confirmation stage
 
     def ranked(self) -> list[TrialData]:
         """Trials with a finite metric, best first."""
@@ -151,7 +152,7 @@ def load_study_dir(path: str | os.PathLike[str], *, metric: str | None = None, m
     epochs = best_config.get("epochs") if best_config else None
     return StudyData(name=str(state.get("name") or out.name), metric=metric, mode=mode, trials=trials,
                      source=str(out), epochs=epochs if isinstance(epochs, int) else None,
-                     best_config=best_config, best_yaml=best_yaml)
+                     best_config=best_config, best_yaml=best_yaml, confirm=_read_json(out / "confirm.json"))
 
 
 def _read_json(path: Path) -> Any:
@@ -210,7 +211,7 @@ def _trial_from_row(row: Mapping[str, str], out: Path, ray_results: Mapping[str,
     params = _read_json(folder / "params.json") if folder is not None else None
     if not isinstance(params, dict):
         params = {k: safe_load(v) if v else None for k, v in row.items()
-                  if isinstance(k, str) and k not in TRIAL_COLUMNS}
+                  if isinstance(k, str) and k not in TRIAL_COLUMNS and "/" not in k}  # not confirm/..., test/...
     history = _history_from_ray(rows, metric) or _history_from_results_csv(out / "trials" / trial_id, metric)
     times = [r.get("time_total_s") for r in rows if isinstance(r.get("time_total_s"), (int, float))]
     return TrialData(trial_id=trial_id, status=row.get("status") or "unknown", params=dict(params),
@@ -473,6 +474,8 @@ def markdown(data: StudyData, *, top: int = 5, problems: Sequence[str] = ()) -> 
             lines += ["```yaml", yaml.safe_dump(data.best_config, sort_keys=False).rstrip(), "```", ""]
     lines += ["## Baseline (Ultralytics defaults: lr0=0.01, linear schedule)", "",
               _baseline_text(data, best), ""]
+    if isinstance(data.confirm, dict):
+        lines += _confirm_lines(data.confirm, data.metric)
     lines += _compute_lines(data)
     lines += ["## Trials", "", "| rank | trial | status | " + data.metric + " | epochs | params | note |",
               "|---:|---|---|---:|---:|---|---|"]
@@ -511,6 +514,31 @@ def _baseline_text(data: StudyData, best: TrialData | None) -> str:
     rel = f" ({diff / abs(base.best_metric):+.1%})" if base.best_metric else ""
     word = "better" if (diff > 0) == (data.mode == "max") else "worse"
     return text + f" The best trial is {abs(diff):.4f}{rel} {word} ({diff:+.4f})."
+
+
+def _confirm_lines(confirm: Mapping[str, Any], metric: str) -> list[str]:
+    """The confirmation stage: each retrained trial's mean and spread over new seeds (and its held-out test
+    scores), and which one best.yaml went to."""
+    seeds, best, base = confirm.get("seeds") or [], confirm.get("best") or {}, confirm.get("baseline")
+    tested = confirm.get("test") or {}
+    lines = ["## Confirmation", "", f"The top trials and the baseline retrained with seeds {seeds} "
+             f"({metric}: mean +- sd, min-max over seeds)" + ("; held-out test split scored" if tested else "")
+             + ":", "", "| trial | mean | sd | min-max |" + "".join(f" {key} |" for key in tested),
+             "|---|---:|---:|---:|" + "---:|" * len(tested)]
+    for trial, c in (confirm.get("confirmed") or {}).items():
+        name = f"`{trial}`" + (" (baseline)" if trial == base else "") + (" **best.yaml**" if trial ==
+                                                                           best.get("trial_id") else "")
+        cells = [f"{c['mean']:.4f}", f"{c['std']:.4f}", f"{c['min']:.4f}-{c['max']:.4f}"] if c.get("n") else \
+            ["-", "-", "every retraining failed"]
+        cells += [f"{t[trial]['mean']:.4f}" if t.get(trial, {}).get("n") else "-" for t in tested.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if best.get("beats_baseline") is not None:
+        verdict = (f"beats the baseline by {best['margin']:.4f}, "
+                   + ("more than" if best["beyond_spread"] else "within") + " the spread between seeds"
+                   if best["beats_baseline"] else "no trial beat the baseline's confirmed mean: best.yaml is the "
+                   "baseline")
+        lines += ["", f"best.yaml: trial `{best.get('trial_id')}`, {verdict}."]
+    return [*lines, ""]
 
 
 def _compute_lines(data: StudyData) -> list[str]:

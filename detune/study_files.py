@@ -10,7 +10,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from detune.study import StudyConfig
 
 __all__ = ["INTERRUPTED", "LOCK_FILE", "StudyResult", "TRIAL_COLUMNS", "TRIAL_STATUSES", "check_folders",
            "clear_unstarted", "open_study", "restorable", "study_lock", "summarize", "trial_rows", "trials_reported",
-           "write_atomic"]
+           "write_atomic", "write_trials_csv"]
 
 TRIAL_STATUSES = ("completed", "stopped", "diverged", "failed", "interrupted")  # how a trial ended
 TRIAL_COLUMNS = ("trial_id", "status", "best_metric", "best_epoch", "epochs_run", "reason")
@@ -47,6 +47,7 @@ class StudyResult:
     parent_run_id: str | None = None
     result_grid: Any = None
     report: Path | None = None  # the report.md ``tune`` wrote (None when it could not be written: a warning said why)
+    confirm: dict[str, Any] | None = None  # the confirmation stage's summary (confirm.json), when it ran
 
 
 INTERRUPTED = "the study was interrupted before this trial ended; resume the study with --resume"
@@ -99,7 +100,7 @@ def summarize(study: StudyConfig, grid: Any, *, parent_run_id: str | None,
         best_config = apply_params(study.train.to_dict(), params)
     trials = [{k: v for k, v in r.items() if k != "_best"} for r in rows]
     out = study.output_dir
-    trials_csv = write_atomic(out / "trials.csv", _csv(trials, [*study.search_space, *_trained(study, trials)]))
+    trials_csv = write_trials_csv(study, trials)
     best_yaml = None
     if best_config is not None:
         header = (f"# best trial {best['trial_id']} of study {study.name}: {study.metric} = {best['best_metric']:.6g}"
@@ -109,6 +110,13 @@ def summarize(study: StudyConfig, grid: Any, *, parent_run_id: str | None,
                        best_params=params, best_metrics=dict(best["_best"]) if best else {}, trials=trials,
                        output_dir=out, best_yaml=best_yaml, trials_csv=trials_csv, parent_run_id=parent_run_id,
                        result_grid=grid)
+
+
+def write_trials_csv(study: StudyConfig, trials: list[dict[str, Any]], extra: Sequence[str] = ()) -> Path:
+    """Write ``trials.csv``: the trial columns, the searched params, the settings derived keys stand for and
+    ``extra`` columns (the confirmation stage's ``confirm/mean``, ``test/mAP50-95``, ...)."""
+    columns = [*study.search_space, *_trained(study, trials), *extra]
+    return write_atomic(study.output_dir / "trials.csv", _csv(trials, columns))
 
 
 def _trained(study: StudyConfig, trials: list[dict[str, Any]]) -> list[str]:

@@ -18,6 +18,7 @@ from detune.adapters import ultralytics as adapter
 from detune.adapters.base import Fanout, Fit, RunOutcome
 from detune.config import DetuneWarning, TrainConfig, load_config, lr_plan, optimizer_steps, schedule_kwargs
 from detune.datasets import PreparedData, prepare_data, resolve_data
+from detune.errors import ConfigError
 from detune.lr_finder import PLOT_NAME, LRFinderResult, fallback_lr0, range_test
 from detune.tracking_config import resolve_tracking
 
@@ -93,7 +94,7 @@ def train(config: str | os.PathLike[str] | Mapping[str, Any] | TrainConfig | Non
             Ultralytics' names (lr0, lrf, momentum, weight_decay, warmup_epochs, warmup_momentum,
             warmup_bias_lr, cos_lr, optimizer, model, data, epochs, batch, imgsz, device, seed, ...)
             plus detune's (scheduler, scheduler_params, scheduler_interval, lr_mult, lr_scaling,
-            divergence_factor, threads, tracking).
+            divergence_factor, threads, tracking, score_test).
 
     Raises:
         ConfigError: before any compute, for an unknown key, an invalid value or a bad dataset.
@@ -133,6 +134,9 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
     clamped = _check_before_compute(cfg, device=fit is None)  # a GPU this machine lacks; the warmup note
     if data is None or not data.yaml.is_file() or data.dataset.yaml_path != resolve_data(cfg.data):
         data = prepare_data(cfg.data)  # checked once, for the LR finder and the training
+    if cfg.score_test and not data.dataset.test:  # refused before the LR finder and the training
+        raise ConfigError(f"score_test is true but the data YAML {str(data.dataset.yaml_path)!r} has no test: "
+                          "split; add one (e.g. test: images/test) or set score_test: false")
     finder = None
     if cfg.lr0 == "auto":  # resolved first: params, effective_lr0 and the adapter only ever see a number
         cfg, finder = resolve_auto_lr0(cfg, tracking=track, fit=fit, data=data)
@@ -160,6 +164,8 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
     if clamped:
         result.info["warmup_clamped"] = clamped
     if logger is not None:
+        if result.info.get("test"):  # the held-out score of score_test, once, at the last epoch
+            logger.log_metrics(result.info["test"], step=len(result.history))
         result.run_id = logger.run_id
         result.info["tracking"] = logger.finish(result)
     return result

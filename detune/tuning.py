@@ -482,7 +482,8 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
             from detune._confirm_run import run_confirmation
 
             result, confirmed = run_confirmation(
-                study, result, train=lambda cfg: training.run(cfg, tracking=False, fit=fit, data=data))
+                study, result, train=lambda cfg: training.run(cfg, tracking=False, fit=fit, data=data),
+                base=train, score_test=bool(data.dataset.test))
     except BaseException as e:
         _PROGRESS.pop("live", None)
         if tcfg is not None and parent_run_id is not None:
@@ -498,7 +499,8 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
         tr.finish_run(tcfg, parent_run_id, status="KILLED" if interrupted else "FINISHED",
                       metrics={**_best_metrics(study, result), **confirmed}, tags=tags,
                       params={"best." + k: v for k, v in result.best_params.items()},
-                      artifacts=[p for p in (result.best_yaml, result.trials_csv, report_dir) if p is not None])
+                      artifacts=[p for p in (result.best_yaml, result.trials_csv, report_dir) if p is not None]
+                      + ([study.output_dir / "confirm.json"] if result.confirm else []))
     return result
 
 

@@ -89,6 +89,28 @@ def test_best_yaml_goes_to_the_best_confirmed_mean_and_only_if_it_beats_the_base
 
 
 
+@pytest.mark.parametrize("with_test", [True, False])
+def test_the_report_and_the_summary_show_the_confirmed_means_against_the_baseline(with_test: bool) -> None:
+    from detune._progress import _confirm_line
+    from detune.report import _confirm_lines
+
+    confirmed = aggregate({"t1": [0.40, 0.36], "t0": [0.30, 0.32], "t2": [0.2, math.nan]})
+    tested = {"test/mAP50-95": aggregate({"t1": [0.35, 0.33], "t0": [0.25, 0.27]})} if with_test else {}
+    confirm = {"seeds": [1000, 2000], "trials": ["t1", "t2", "t0"], "baseline": "t0", "confirmed": confirmed,
+               "best": choose_best(confirmed, baseline="t0", mode="max"), "test": tested}
+    lines = _confirm_lines(confirm, "metrics/mAP50-95")
+    table = [line for line in lines if line.startswith("|")]
+    assert len({line.count("|") for line in table}) == 1, table  # every row has the header's cells
+    assert table[2].startswith("| `t1` **best.yaml** | 0.3800 | 0.0283 | 0.3600-0.4000 |")
+    assert table[3].startswith("| `t0` (baseline) | 0.3100")
+    assert ("| 0.3400 |" in table[2]) is with_test
+    assert "beats the baseline by 0.0700, more than the spread between seeds" in lines[-2]
+    line = _confirm_line(confirm, "metrics/mAP50-95", {"lr0": 0.02})
+    assert line.startswith("confirmed best metrics/mAP50-95 over seeds [1000, 2000]: 0.3800 +- 0.0283")
+    assert "with lr0=0.02; baseline 0.3100 +- 0.0141" in line
+    assert ("test/mAP50-95 0.3400" in line) is with_test
+
+
 def test_confirm_is_refused_with_pbt(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="confirm cannot retrain PBT trials"):
         load_study({"train": {"epochs": 4}, "num_samples": 8, "output_dir": str(tmp_path), "trial_scheduler": "pbt",
@@ -101,15 +123,19 @@ def test_confirm_is_refused_with_pbt(tmp_path: Path) -> None:
 def test_a_study_with_confirm_retrains_the_top_trials_and_the_baseline(tmp_path: Path, shapes_yaml: Path,
                                                                        base_lr0: float, winner_lr0: float,
                                                                        beats: bool) -> None:
+    import csv
     import json
 
     import yaml
+    from test_test_split import with_test_split
 
     from detune import _fake
     from detune.tuning import tune
 
-    result = tune({"name": "confirm", "output_dir": str(tmp_path / "out"), "search": "grid", "tracking": False,
-                   "train": {"data": str(shapes_yaml), "epochs": 3, "device": "cpu", "imgsz": 32, "lr0": base_lr0,
+    data = with_test_split(shapes_yaml) if beats else shapes_yaml  # held-out scores when the data has a test split
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if beats else False  # the parent run gets the confirmed scores
+    result = tune({"name": "confirm", "output_dir": str(tmp_path / "out"), "search": "grid", "tracking": uri,
+                   "train": {"data": str(data), "epochs": 3, "device": "cpu", "imgsz": 32, "lr0": base_lr0,
                              "warmup_epochs": 0.0, "nbs": 16},
                    "search_space": {"lr0": {"grid": [0.005, 0.01, 0.04]}}, "trial_scheduler": "fifo",
                    "num_samples": 1, "max_concurrent_trials": 1, "resources_per_trial": {"cpu": 1},
@@ -124,3 +150,32 @@ def test_a_study_with_confirm_retrains_the_top_trials_and_the_baseline(tmp_path:
     assert summary["best"]["beats_baseline"] is beats
     assert yaml.safe_load(result.best_yaml.read_text())["lr0"] == winner_lr0 == result.best_config["lr0"]
     assert "after confirmation" in result.best_yaml.read_text().splitlines()[0]
+    assert result.confirm == summary
+    with result.trials_csv.open(newline="") as f:
+        rows = {r["trial_id"]: r for r in csv.DictReader(f)}
+    tested = ["test/mAP50-95", "test/mAP50"] if beats else []
+    assert sorted(summary["test"]) == sorted(tested)
+    for trial, row in rows.items():  # the retrained trials carry their confirmed mean (and test score)
+        retrained = trial in summary["trials"]
+        assert (row["confirm/mean"] != "") is retrained
+        if retrained:
+            assert float(row["confirm/mean"]) == pytest.approx(summary["confirmed"][trial]["mean"])
+        for key in tested:
+            assert (row[key] != "") is retrained
+            if retrained:
+                assert summary["test"][key][trial]["n"] == 2
+                assert float(row[key]) == pytest.approx(summary["test"][key][trial]["mean"])
+    report = result.report.read_text()
+    assert "## Confirmation" in report and f"`{summary['best']['trial_id']}`" in report
+    assert ("| test/mAP50-95 |" in report) is beats
+    if beats:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        parent = client.get_run(result.parent_run_id)
+        best, base = summary["best"]["trial_id"], summary["baseline"]
+        assert parent.data.metrics["confirm/best_mean"] == pytest.approx(summary["confirmed"][best]["mean"])
+        assert parent.data.metrics["test/mAP50-95"] == pytest.approx(summary["test"]["test/mAP50-95"][best]["mean"])
+        assert parent.data.metrics["baseline/test/mAP50-95"] == pytest.approx(
+            summary["test"]["test/mAP50-95"][base]["mean"])
+        assert "confirm.json" in {a.path for a in client.list_artifacts(result.parent_run_id)}

@@ -93,7 +93,7 @@ def test_summaries_print_model_training_links(tmp_path: Path) -> None:
     result = SimpleNamespace(
         name="my study", trials=[{"status": "completed", "epochs_run": 2}], best_config=None, metric="m",
         mode="max", best_metrics={}, best_params={}, best_yaml=None, trials_csv=tmp_path / "trials.csv",
-        parent_run_id="abc", output_dir=tmp_path)
+        parent_run_id="abc", output_dir=tmp_path, confirm=None)
     _, lines = tune_summary(result, SimpleNamespace(tracking=uri, name="my study"), report=None, log=None,
                             elapsed=3.0, interrupted=False)
     line = next(x for x in lines if x.startswith("MLflow:"))

@@ -327,8 +327,28 @@ def fit(cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from:
     weights = {}
     if trainer is not None:
         weights = {k: Path(getattr(trainer, k)) for k in ("best", "last") if Path(getattr(trainer, k, "")).is_file()}
+    if cfg.score_test and status == "completed" and save_dir is not None:
+        ctl.info.update(score_test(cfg, data_yaml, weights.get("best") or weights.get("last"), save_dir))
     return RunOutcome(status=status, history=ctl.history, save_dir=save_dir, weights=weights, steps=ctl.steps,
                       info=ctl.info, reason=reason)
+
+
+def score_test(cfg: TrainConfig, data_yaml: Path, weights: Path | None, save_dir: Path) -> dict[str, Any]:
+    """Score ``weights`` on the data YAML's ``test:`` split with Ultralytics' validator (``split="test"``).
+
+    Returns ``{"test": {"test/mAP50-95": ..., "test/mAP50": ...}}``, or ``{"test_error": reason}``: a failed
+    scoring never costs the training its result."""
+    if weights is None:
+        return {"test_error": "no best.pt or last.pt was written"}
+    try:
+        from ultralytics import YOLO
+
+        metrics = YOLO(str(weights)).val(data=str(data_yaml), split="test", imgsz=cfg.imgsz, batch=cfg.batch,
+                                         device=resolve_device(cfg.device), project=str(save_dir), name="test",
+                                         exist_ok=True, plots=False, save_json=False, verbose=cfg.verbose)
+        return {"test": {"test/mAP50-95": float(metrics.box.map), "test/mAP50": float(metrics.box.map50)}}
+    except Exception as e:  # noqa: BLE001 - reported in the outcome, the training stays
+        return {"test_error": f"{type(e).__name__}: {e}"}
 
 
 def _close_loaders(trainer: Any) -> None:
