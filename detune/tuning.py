@@ -458,7 +458,7 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
         parent_run_id = tr.start_study_run(tcfg.replace(run_id=parent_run_id), name=study.name,
                                            params=_study_params(study))
     try:
-        study = _centre_prior(study, state, tcfg, parent_run_id)
+        study = _centre_prior(study, state, tcfg, parent_run_id, fit=fit, data=data)
         train["lr0"] = study.train.lr0
         atomic_write(state_file, json.dumps({"parent_run_id": parent_run_id, "name": study.name,
                                              "metric": study.metric, "mode": study.mode,
@@ -507,7 +507,8 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
 INTERRUPTED_STUDY = "interrupted before all trials ended; resume with --resume"
 
 
-def _centre_prior(study: StudyConfig, state: Mapping[str, Any], tcfg: Any, parent_run_id: str | None) -> StudyConfig:
+def _centre_prior(study: StudyConfig, state: Mapping[str, Any], tcfg: Any, parent_run_id: str | None, *,
+                  fit: Any = None, data: Any = None) -> StudyConfig:
     """The default prior around the LR finder (train lr0 "auto" with an ``lr0_scale`` dimension, detune.prior):
     run the finder once, nested under the study's run (a resumed study reuses the centre it saved), and make
     its suggestion the base lr0 the trials scale."""
@@ -515,10 +516,10 @@ def _centre_prior(study: StudyConfig, state: Mapping[str, Any], tcfg: Any, paren
         return study
     lr = state.get("lr0_centre")
     if not isinstance(lr, (int, float)):
-        from detune.lr_finder import resolve_auto_lr0
+        from detune import training
 
         tracking = tcfg.replace(parent_run_id=parent_run_id) if tcfg is not None else None
-        lr = resolve_auto_lr0(study.train, tracking=tracking)[0].lr0
+        lr = training.resolve_auto_lr0(study.train, tracking=tracking, fit=fit, data=data)[0].lr0
     return dataclasses.replace(study, train=study.train.replace(lr0=lr))
 
 
