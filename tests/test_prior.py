@@ -132,13 +132,23 @@ def test_a_resumed_prior_study_reuses_its_saved_lr0_centre(tmp_path: object) -> 
     assert _centre_prior(plain, {"lr0_centre": 0.02}, None, None) is plain  # a number is the centre itself
 
 
-@pytest.mark.slow
-def test_the_lr_finder_centres_the_prior_of_a_lr0_auto_study(tmp_path: object, tiny: dict) -> None:
+def test_the_lr_finder_centres_the_prior_of_a_lr0_auto_study(tmp_path: object, shapes_yaml: object) -> None:
+    from detune import _fake
+    from detune.config import DetuneWarning
     from detune.tuning import _centre_prior
 
-    train = {k: v for k, v in tiny.items() if k not in ("project", "name")}
+    train = {"data": str(shapes_yaml), "epochs": 4, "imgsz": 32, "batch": 8, "nbs": 8, "device": "cpu",
+             "warmup_epochs": 0.0}
     study = load_study({"train": train, "search_space": {"lr0": "auto"}, "output_dir": str(tmp_path)})
-    centred = _centre_prior(study, {}, None, None)  # a real LR range test on the tiny dataset
-    assert isinstance(centred.train.lr0, float) and 0 < centred.train.lr0 < MAX_LR
+    fake = _fake.Fake()  # the range test's loss is the u-curve: falls from ~3 at 1e-5 to ~0.1 near 0.1
+    centred = _centre_prior(study, {}, None, None, fit=fake)
+    assert len(fake.configs) == 1  # one range test
+    assert 1e-4 < centred.train.lr0 < 1e-2  # inside the descent, below its bottom
     trial = _trial(centred.train, {"optimizer": "AdamW", "lr0_scale": 2.0})
     assert trial.lr0 == pytest.approx(centred.train.lr0 * 0.1 * 2.0)
+    resumed = _fake.Fake()  # a resumed study reuses the centre it saved: no second range test
+    assert _centre_prior(study, {"lr0_centre": 0.02}, None, None, fit=resumed).train.lr0 == 0.02
+    assert resumed.configs == []
+    flat = _fake.Fake(curve=lambda lr: 1.0)  # no signal: Ultralytics' default for the optimizer, with a warning
+    with pytest.warns(DetuneWarning, match="gave no valley suggestion"):
+        assert _centre_prior(study, {}, None, None, fit=flat).train.lr0 == 0.01

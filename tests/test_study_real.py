@@ -51,32 +51,6 @@ def _children(uri: str) -> tuple[list, list]:
     return parents, children
 
 
-def test_scripts_tune_runs_a_real_study_into_mlflow(tmp_path: Path, shapes_yaml: Path) -> None:
-    study = _write_study(tmp_path, shapes_yaml)
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "tune.py"), "--config", str(study)],
-                         capture_output=True, text=True, env=_env(tmp_path), cwd=tmp_path, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "best config:" in out.stdout
-    best = tmp_path / "out" / "best.yaml"
-    cfg = load_config(best)  # detune.train accepts it
-    assert 1e-3 <= cfg.lr0 <= 1e-1 and cfg.epochs == 2
-    rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").read_text().splitlines()))
-    assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
-
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    parents, children = _children(uri)
-    assert len(parents) == 1 and len(children) == 2
-    client = MlflowClient(tracking_uri=uri)
-    for child in children:
-        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        assert child.info.status == "FINISHED"
-        points = client.get_metric_history(child.info.run_id, "metrics/mAP50-95")
-        assert [p.step for p in points] == [1, 2]
-    assert parents[0].info.status == "FINISHED"
-
-
 def _kill_new_ray_processes(before: set[int]) -> None:
     """After a SIGKILL of the driver, Ray's daemons survive as orphans (DashboardAgent, RuntimeEnvAgent
     rename themselves and ignore SIGTERM): kill the Ray processes this test started, by PID."""
@@ -95,6 +69,8 @@ def _kill_new_ray_processes(before: set[int]) -> None:
 
 
 def test_sigkill_mid_study_then_resume_completes_without_reruns(tmp_path: Path, shapes_yaml: Path) -> None:
+    """A real study through scripts/tune.py (real Ultralytics trainings in Ray trials, logged to MLflow),
+    SIGKILLed with one trial done and another mid-way, then resumed to the end."""
     study = _write_study(tmp_path, shapes_yaml, num_samples=3,
                          train={"data": str(shapes_yaml), "epochs": 3, "batch": 8, "nbs": 8, "imgsz": 32,
                                 "fraction": 0.5, "device": "cpu", "warmup_epochs": 0.0, "mosaic": 0.0,
@@ -134,15 +110,29 @@ def test_sigkill_mid_study_then_resume_completes_without_reruns(tmp_path: Path, 
     out = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=_env(tmp_path), cwd=tmp_path,
                          timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "best config:" in out.stdout
+    cfg = load_config(tmp_path / "out" / "best.yaml")  # detune.train accepts it
+    assert 1e-3 <= cfg.lr0 <= 1e-1 and cfg.epochs == 3
     rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").read_text().splitlines()))
     assert len(rows) == 3 and {r["status"] for r in rows} == {"completed"}
     for trial_id, metric in finished.items():  # finished trials were not rerun: same results
         row = next(r for r in rows if r["trial_id"] == trial_id)
         assert float(row["best_metric"]) == pytest.approx(metric)
-    parents, children = _children(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parents, children = _children(uri)
     assert len(parents) == 1 and len(children) == 3  # reused, not duplicated
+    assert parents[0].info.status == "FINISHED"
     assert {c.data.tags["detune.trial_id"] for c in children} == {r["trial_id"] for r in rows}
-    assert all(c.info.status == "FINISHED" for c in children)
+    client = MlflowClient(tracking_uri=uri)
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert child.info.status == "FINISHED"
+        steps = [p.step for p in client.get_metric_history(child.info.run_id, "metrics/mAP50-95")]
+        assert set(steps) == {1, 2, 3}, steps  # one point per epoch (a resumed trial may re-log its last epoch)
+        if child.data.tags["detune.trial_id"] in finished:
+            assert sorted(steps) == [1, 2, 3]  # a finished trial was not rerun: no point logged twice
 
 
 # ---- every shipped config runs (real trainings, tiny overrides) -------------------------------------------------
@@ -155,6 +145,7 @@ SHIPPED_STUDIES = {
 }
 
 
+@pytest.mark.usefixtures("local_ray")
 @pytest.mark.parametrize("name", sorted(SHIPPED_STUDIES))
 def test_every_shipped_study_config_runs(tmp_path: Path, shapes_yaml: Path, name: str) -> None:
     from detune.tuning import tune
