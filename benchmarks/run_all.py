@@ -1,6 +1,6 @@
 """Run every benchmark in turn and assemble RESULTS.md from their sections.
 
-    .venv/bin/python benchmarks/run_all.py            # the whole set: under an hour on 2 CPU cores
+    .venv/bin/python benchmarks/run_all.py            # the whole set: hours on 2 CPU cores (finetune.py: most)
     .venv/bin/python benchmarks/run_all.py --gpu      # on a GPU node
     .venv/bin/python benchmarks/run_all.py --quick    # smoke version of each (a few minutes)
     .venv/bin/python benchmarks/run_all.py --render   # only rebuild RESULTS.md from results/
@@ -20,8 +20,8 @@ from typing import Any
 import _common
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("overhead", "ray_overhead", "search", "lr_finder", "lr_finder_methods")  # timing-sensitive ones first
-SECTIONS = ("overhead", "search", "ray_overhead", "lr_finder", "lr_finder_methods")  # 1 to 4, then 4b
+ORDER = ("overhead", "ray_overhead", "search", "lr_finder", "lr_finder_methods", "pretrain", "finetune")
+SECTIONS = ("overhead", "search", "ray_overhead", "lr_finder", "lr_finder_methods", "pretrain", "finetune")
 
 
 def summary(out: Path) -> list[str]:

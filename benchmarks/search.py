@@ -45,7 +45,7 @@ QUICK = {"shapes": {"trials": 2, "epochs": 2, "imgsz": 32, "batch": 8, "n_train"
 
 
 def train_settings(s: dict[str, Any], data: Path, gpu: bool) -> dict[str, Any]:
-    return {"model": "yolo11n.yaml", "data": str(data), "epochs": s["epochs"], "imgsz": s["imgsz"],
+    return {"model": s.get("model", "yolo11n.yaml"), "data": str(data), "epochs": s["epochs"], "imgsz": s["imgsz"],
             "batch": s["batch"], "nbs": s["batch"], "optimizer": "SGD", "mosaic": 0.0, "close_mosaic": 0,
             "warmup_epochs": min(1.0, s["epochs"] - 1.0),  # 1, or none in a 1-epoch smoke run
             "workers": 0 if not gpu else 4, "plots": False, "seed": 0, "device": "0" if gpu else "cpu"}
@@ -66,7 +66,8 @@ def run_detune(strategy: str, s: dict[str, Any], data: Path, work: Path, gpu: bo
              "trial_scheduler_params": {"grace_period": 2, "reduction_factor": 2} if default else {},
              "num_samples": s["trials"], "max_concurrent_trials": None if gpu else 2,
              "resources_per_trial": {"cpu": 1, "gpu": 1 if gpu else 0}, "metric": METRIC, "mode": "max",
-             "output_dir": str(work / strategy), "storage_path": str(work / strategy / "ray"), "tracking": False}
+             "output_dir": str(work / strategy), "storage_path": str(work / strategy / "ray"), "tracking": False,
+             "seed": s.get("seed", 0)}
     result = detune.tune(study)
     return [_events(r, METRIC, r.metrics.get("detune_trial_id") or Path(r.path).name) for r in result.result_grid]
 

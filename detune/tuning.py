@@ -631,9 +631,12 @@ def _start_ray(study: StudyConfig, address: str | None) -> None:
     _reload_ray_auth()
     try:
         with _loopback_only(address is None), _keep_sigterm_handler():
+            # A local Ray's workers run at the driver's priority: Ray's default worker niceness (15) lets any
+            # other process on the machine (a data loader, a second job) starve the trials.
             ray.init(address=address, include_dashboard=False, log_to_driver=study.train.verbose,
                      logging_level="ERROR", configure_logging=True,
-                     **({"_node_ip_address": "127.0.0.1"} if address is None else {}))
+                     **({"_node_ip_address": "127.0.0.1", "_system_config": {"worker_niceness": 0}}
+                        if address is None else {}))
     except Exception as e:  # noqa: BLE001 - connection errors come in many types
         auth = os.environ.get("RAY_AUTH_MODE", "token")
         raise TuneError(f"could not start or join Ray (address={address!r}): {e}; check the address, or omit "

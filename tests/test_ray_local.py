@@ -68,18 +68,25 @@ def test_local_study_listens_on_loopback_only_with_a_token_kept_in_detune_home(
         monkeypatch.delenv(var, raising=False)
     seen: set[tuple[str, str, int]] = set()
     ray_names: set[str] = set()
+    trial_niceness: set[int] = set()
 
     def probe(rows: list[dict]) -> None:  # on the driver, while trials run
         me = psutil.Process()
         tree = [me, *me.children(recursive=True)]
         ray_names.update(p.name() for p in tree if p.is_running())
         seen.update(_listening({p.pid for p in tree}))
+        for p in tree:
+            with contextlib.suppress(psutil.Error):
+                if "ImplicitFunc" in p.name():
+                    trial_niceness.add(p.nice())
 
     result = tune(_study(tmp_path, shapes_yaml), fit=_fake.fit, progress=probe)
     assert {t["status"] for t in result.trials} == {"completed"}
     assert {"gcs_server", "raylet"} <= ray_names, ray_names  # the probe saw the Ray processes
     assert seen, "no listening socket seen in the Ray process tree"
     assert all(_is_loopback(ip) for _, ip, _ in seen), sorted(seen)
+    # trials compete with other work at the driver's priority (Ray's default worker niceness is 15)
+    assert trial_niceness == {os.nice(0)}, trial_niceness
     assert os.environ["RAY_AUTH_MODE"] == "token"
     token = _runtime.home() / "ray" / "auth_token"
     assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(token)

@@ -1,0 +1,205 @@
+"""Benchmark 5: searches that fine-tune a pretrained model (issue 15), repeated, with held-out test scores.
+
+Every strategy fine-tunes the same pretrained yolo11n (``pretrain.py``'s checkpoint, built here once) on the
+same data with the same epochs per trial and training seed, and runs ``--repeats`` times (its search seed
+changes; Ultralytics' genetic tuner has no seed, so its repeats show its spread). Strategies:
+
+- ``detune_default``: today's default study (Optuna TPE + ASHA, log-uniform lr0 in [1e-4, 1e-1], lrf, momentum);
+- ``detune_prior``: the issue-15 design (``detune.prior`` space around the config's lr0 with the optimizer
+  family, warmup and schedule; Optuna GP sampler; the ``detection`` rung rules; confirmation of the top 2
+  with 2 seeds, its retrainings counted in the trial-epochs);
+- ``ultralytics_ga`` and ``ultralytics_ray``: ``model.tune()`` and ``model.tune(use_ray=True)`` on lr0, lrf,
+  momentum (the bounds of ``search.SPACE``).
+
+Reference points, once per target: the baseline (Ultralytics' SGD defaults, ``detune.train``) and plain
+``YOLO.train`` with Ultralytics' real defaults (``optimizer=auto``). The best trial of each strategy run,
+the references and the confirmed best are scored on the target's held-out test split when it has one.
+Every trial's parameters are kept in ``results/finetune.json``.
+
+    DETUNE_BENCH_CACHE=/work/bench-cache .venv/bin/python benchmarks/finetune.py            # hours on 2 cores
+    .venv/bin/python benchmarks/finetune.py --quick --repeats 1                             # smoke
+    .venv/bin/python benchmarks/finetune.py --targets target --strategies detune_prior ultralytics_ga
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import _common
+import _targets
+import pretrain
+import search
+
+from detune.study_files import TRIAL_COLUMNS
+
+STRATEGIES = ("detune_default", "detune_prior", "ultralytics_ga", "ultralytics_ray")
+LABELS = {**search.LABELS, "detune_prior": "detune prior (GP + detection rungs + confirm)"}
+SIZES = {
+    "cpu": {"target": {"trials": 12, "epochs": 6, "imgsz": 64, "batch": 16},
+            "coco128": {"trials": 8, "epochs": 4, "imgsz": 128, "batch": 16}},
+    "gpu": {"target": {"trials": 16, "epochs": 15, "imgsz": 256, "batch": 32},
+            "coco128": {"trials": 16, "epochs": 10, "imgsz": 320, "batch": 16}},
+    "quick": {"target": {"trials": 2, "epochs": 2, "imgsz": 32, "batch": 8},
+              "coco128": {"trials": 2, "epochs": 1, "imgsz": 32, "batch": 16}},
+}
+CONFIRM = {"top_k": 2, "seeds": 2}
+
+
+def prior_study(s: dict[str, Any], data: Path, work: Path, gpu: bool, seed: int) -> dict[str, Any]:
+    """The candidate default: no search_space (detune.prior's), GP sampler, detection rungs, confirmation."""
+    return {"name": "detune_prior", "train": {**search.train_settings(s, data, gpu), "score_test": False},
+            "search": "optuna", "search_params": {"sampler": "gp"}, "trial_scheduler": "detection",
+            "num_samples": s["trials"], "max_concurrent_trials": None if gpu else 2, "seed": seed,
+            "confirm": CONFIRM if s["trials"] > 2 else {"top_k": 1, "seeds": 1},
+            "resources_per_trial": {"cpu": 1, "gpu": 1 if gpu else 0}, "metric": search.METRIC, "mode": "max",
+            "output_dir": str(work / "detune_prior"), "storage_path": str(work / "detune_prior" / "ray"),
+            "tracking": False}
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One strategy run (or one reference training) in a fresh process."""
+    from detune import _runtime
+
+    _runtime.prepare()
+    s, data, work, gpu = spec["s"], Path(spec["data"]), Path(spec["work"]), spec["gpu"]
+    start = time.monotonic()
+    strategy = spec["strategy"]
+    if strategy in ("baseline", "yolo_auto"):
+        return {"strategy": strategy, **reference(strategy, s, data, work, gpu),
+                "seconds": time.monotonic() - start}
+    if strategy == "detune_prior":
+        import detune
+
+        result = detune.tune(prior_study(s, data, work, gpu, spec["seed"]))
+        rows = {str(t["trial_id"]): t for t in result.trials}
+        trials = []
+        for r in result.result_grid:
+            trial = search._events(r, search.METRIC, r.metrics.get("detune_trial_id") or Path(r.path).name)
+            row = rows.get(str(trial["trial"]), {})
+            trial["params"] = {k: v for k, v in row.items() if k not in TRIAL_COLUMNS and "/" not in k}
+            trials.append(trial)
+        confirm = result.confirm or {}
+        confirm_epochs = sum(c["n"] for c in confirm.get("confirmed", {}).values()) * s["epochs"]
+        out = {"trials": trials, "confirm": confirm, "confirm_epochs": confirm_epochs,
+               "best_params": result.best_params}
+    elif strategy == "detune_default":
+        out = {"trials": search.run_detune(strategy, {**s, "seed": spec["seed"]}, data, work, gpu)}
+    else:
+        out = {"trials": search.run_ultralytics(strategy, s, data, work, gpu)}
+    return {"strategy": strategy, **out, "seconds": time.monotonic() - start}
+
+
+def reference(name: str, s: dict[str, Any], data: Path, work: Path, gpu: bool) -> dict[str, Any]:
+    """The baseline (detune.train at Ultralytics' SGD defaults) or plain YOLO.train(optimizer=auto)."""
+    train = search.train_settings(s, data, gpu)
+    if name == "baseline":
+        import detune
+
+        result = detune.train({**train, "project": str(work), "name": name, "exist_ok": True, "tracking": False,
+                               "score_test": _has_test(data)})
+        return {"fitness": result.best.get(search.METRIC, math.nan), "test": result.info.get("test", {}),
+                "epochs": len(result.history)}
+    from ultralytics import YOLO
+
+    model = YOLO(train.pop("model"))
+    train.pop("optimizer")  # Ultralytics' own choice: optimizer=auto picks AdamW and its lr for short runs
+    model.train(**train, project=str(work), name=name, exist_ok=True, verbose=False)
+    metrics = model.trainer.metrics or {}  # the final validation of best.pt
+    out = {"fitness": float(metrics.get("metrics/mAP50-95(B)", math.nan)), "epochs": s["epochs"], "test": {}}
+    if _has_test(data):
+        scores = pretrain.score(Path(model.trainer.best), data, "test", train, work)
+        out["test"] = {f"test/{k.split('/')[-1]}": v for k, v in scores.items()}
+    return out
+
+
+def _has_test(data: Path) -> bool:
+    from detune.datasets import has_test_split
+
+    return has_test_split(data)
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                         check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{spec['strategy']} on {spec['target']} failed (exit {out.returncode}):\n"
+                         f"{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def spent(run_: dict[str, Any], epochs: int) -> tuple[list[tuple[int, float]], int]:
+    """Best-so-far curve against trial-epochs, and all trial-epochs spent (confirmation included)."""
+    points = search.curve(run_, epochs)
+    return points, (points[-1][0] if points else 0) + int(run_.get("confirm_epochs", 0))
+
+
+def summary_lines(target: str, s: dict[str, Any], runs: dict[str, list[dict[str, Any]]],
+                  refs: dict[str, dict[str, Any]]) -> list[str]:
+    """The table of one target: median and min-max over repeats per strategy, and the reference points."""
+    lines = [f"### {target}: {s['trials']} trials x {s['epochs']} epochs, imgsz {s['imgsz']}, batch {s['batch']}",
+             "", "| strategy | repeats | best fitness, median (min-max) | trial-epochs spent, median |",
+             "|---|---:|---|---:|"]
+    for strategy, repeats in runs.items():
+        best = [spent(r, s["epochs"])[0][-1][1] if spent(r, s["epochs"])[0] else 0.0 for r in repeats]
+        cost = [spent(r, s["epochs"])[1] for r in repeats]
+        lines.append(f"| {LABELS[strategy]} | {len(repeats)} | {statistics.median(best):.4f} "
+                     f"({min(best):.4f}-{max(best):.4f}) | {statistics.median(cost):g} |")
+    for name, ref in refs.items():
+        test = ", ".join(f"{k} {v:.4f}" for k, v in ref.get("test", {}).items())
+        lines.append(f"| reference: {name} | 1 | {ref['fitness']:.4f}{' (' + test + ')' if test else ''} | "
+                     f"{ref['epochs']} |")
+    return lines
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(child(json.loads(sys.argv[2])), default=str))
+        return 0
+    p = _common.parser(__doc__)
+    p.add_argument("--targets", nargs="+", default=["target", "coco128"], choices=["target", "coco128"])
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    mode = _targets.mode(args.gpu, args.quick)
+    head = _common.start("finetune")
+    ckpt = pretrain.pretrained_checkpoint(args.gpu, args.quick)
+    results: dict[str, Any] = {"checkpoint": str(ckpt), "pretraining": pretrain.record(args.gpu, args.quick),
+                               "sizes": SIZES[mode], "targets": {}}
+    sections = []
+    with tempfile.TemporaryDirectory(prefix="detune-finetune-") as tmp:
+        for target in args.targets:
+            s = {**SIZES[mode][target], "model": str(ckpt)}
+            data = (_targets.make_scenes(_targets.TARGET[mode]) if target == "target"
+                    else _common.coco128(Path(tmp)))
+            if data is None:
+                sections.append(f"### {target}\n\nSkipped: {_common.COCO128} is absent.")
+                continue
+            base = {"target": target, "s": s, "data": str(data), "gpu": args.gpu}
+            refs = {name: run({**base, "strategy": name, "seed": 0, "work": str(Path(tmp) / target / name)})
+                    for name in ("baseline", "yolo_auto")}
+            runs: dict[str, list[dict[str, Any]]] = {}
+            for strategy in args.strategies:
+                for repeat in range(args.repeats):
+                    print(f"== {target}: {LABELS[strategy]}, repeat {repeat + 1}/{args.repeats}", flush=True)
+                    work = Path(tmp) / target / f"{strategy}-{repeat}"
+                    runs.setdefault(strategy, []).append(run({**base, "strategy": strategy, "seed": repeat,
+                                                              "work": str(work)}))
+            results["targets"][target] = {"settings": s, "references": refs, "runs": runs}
+            sections.append("\n".join(summary_lines(target, s, runs, refs)))
+    md = ("## 5. Fine-tuning searches (issue 15)\n\nEach strategy fine-tunes the pretrained checkpoint of "
+          "section 'Pretrained checkpoint'; see benchmarks/finetune.py for the strategies.\n\n"
+          + "\n\n".join(sections))
+    _common.save(args.out, head, results, md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
