@@ -55,7 +55,7 @@ CONFIRM = {"top_k": 2, "seeds": 2}
 
 def prior_study(s: dict[str, Any], data: Path, work: Path, gpu: bool, seed: int) -> dict[str, Any]:
     """The candidate default: no search_space (detune.prior's), GP sampler, detection rungs, confirmation."""
-    return {"name": "detune_prior", "train": {**search.train_settings(s, data, gpu), "score_test": False},
+    return {"name": "detune_prior", "train": search.train_settings(s, data, gpu),
             "search": "optuna", "search_params": {"sampler": "gp"}, "trial_scheduler": "detection",
             "num_samples": s["trials"], "max_concurrent_trials": None if gpu else 2, "seed": seed,
             "confirm": CONFIRM if s["trials"] > 2 else {"top_k": 1, "seeds": 1},
