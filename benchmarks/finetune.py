@@ -87,7 +87,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             trial["params"] = {k: v for k, v in row.items() if k not in TRIAL_COLUMNS and "/" not in k}
             trials.append(trial)
         confirm = result.confirm or {}
-        confirm_epochs = sum(c["n"] for c in confirm.get("confirmed", {}).values()) * s["epochs"]
+        confirm_epochs = len(confirm.get("trials", [])) * len(confirm.get("seeds", [])) * s["epochs"]
         out = {"trials": trials, "confirm": confirm, "confirm_epochs": confirm_epochs,
                "best_params": result.best_params}
     elif strategy == "detune_default":
@@ -145,18 +145,28 @@ def summary_lines(target: str, s: dict[str, Any], runs: dict[str, list[dict[str,
                   refs: dict[str, dict[str, Any]]) -> list[str]:
     """The table of one target: median and min-max over repeats per strategy, and the reference points."""
     lines = [f"### {target}: {s['trials']} trials x {s['epochs']} epochs, imgsz {s['imgsz']}, batch {s['batch']}",
-             "", "| strategy | repeats | best fitness, median (min-max) | trial-epochs spent, median |",
-             "|---|---:|---|---:|"]
+             "", "| strategy | repeats | best fitness, median (min-max) | trial-epochs spent, median | "
+             "test mAP50-95 of its pick, median |", "|---|---:|---|---:|---:|"]
     for strategy, repeats in runs.items():
         best = [spent(r, s["epochs"])[0][-1][1] if spent(r, s["epochs"])[0] else 0.0 for r in repeats]
         cost = [spent(r, s["epochs"])[1] for r in repeats]
+        tests = [t for r in repeats if (t := _confirmed_test(r)) is not None]
         lines.append(f"| {LABELS[strategy]} | {len(repeats)} | {statistics.median(best):.4f} "
-                     f"({min(best):.4f}-{max(best):.4f}) | {statistics.median(cost):g} |")
+                     f"({min(best):.4f}-{max(best):.4f}) | {statistics.median(cost):g} | "
+                     f"{f'{statistics.median(tests):.4f}' if tests else '-'} |")
     for name, ref in refs.items():
-        test = ", ".join(f"{k} {v:.4f}" for k, v in ref.get("test", {}).items())
-        lines.append(f"| reference: {name} | 1 | {ref['fitness']:.4f}{' (' + test + ')' if test else ''} | "
-                     f"{ref['epochs']} |")
+        test = ref.get("test", {}).get("test/mAP50-95")
+        lines.append(f"| reference: {name} | 1 | {ref['fitness']:.4f} | {ref['epochs']} | "
+                     f"{'-' if test is None else f'{test:.4f}'} |")
     return lines
+
+
+def _confirmed_test(run_: dict[str, Any]) -> float | None:
+    """The mean held-out score of the config a confirmed study picked (None without confirmation)."""
+    confirm = run_.get("confirm") or {}
+    best = (confirm.get("best") or {}).get("trial_id")
+    scores = (confirm.get("test") or {}).get("test/mAP50-95", {}).get(best, {})
+    return scores.get("mean") if scores.get("n") else None
 
 
 def main() -> int:
