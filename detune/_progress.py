@@ -358,6 +358,9 @@ def train_summary(result: Any, log: Path | None) -> Summary:
              f"mAP50-95: {best.get('metrics/mAP50-95', math.nan):.4f}",
              f"lr0: {result.info.get('effective_lr0')}  scheduler: {result.config.get('scheduler')}",
              f"results: {result.save_dir}"]
+    if result.info.get("test"):
+        test = result.info["test"]
+        lines.insert(3, f"test split: mAP50 {test['test/mAP50']:.4f}  mAP50-95 {test['test/mAP50-95']:.4f}")
     dropped = result.info.get("dropped_images") or {}
     if any(dropped.values()):
         files = [Path(f).name for split in ("train", "val") for f in dropped.get(split, [])]

@@ -158,6 +158,9 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
                             "info": {**outcome.info, "dataset": dataset.summary(), "effective_lr0": cfg.effective_lr0,
                                      "dropped_images": {"train": list(dataset.train_dropped),
                                                         "val": list(dataset.val_dropped)}}})
+    if result.info.get("test_error"):
+        warnings.warn(f"score_test: best.pt could not be scored on the test split of {str(data.yaml)!r} "
+                      f"({result.info['test_error']}); the training's results are kept", DetuneWarning, stacklevel=2)
     if finder is not None:
         result.info["lr_finder"] = finder_info(finder, result.save_dir)
     _plot_schedule(cfg, result)

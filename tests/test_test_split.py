@@ -84,6 +84,29 @@ def test_score_test_puts_the_held_out_scores_in_the_result(tmp_path: Path) -> No
     assert set(result.info["test"]) == {"test/mAP50-95", "test/mAP50"}
     plain = run(from_dict({**base, "name": "plain"}), tracking=False, fit=_fake.fit)
     assert "test" not in plain.info  # scored only when asked
+    from detune._progress import train_summary
+
+    assert train_summary(result, None)[1][3].startswith("test split: mAP50 ")
+    assert not any(line.startswith("test split") for line in train_summary(plain, None)[1])
+
+
+def test_a_test_split_that_cannot_be_scored_warns_and_keeps_the_training(tmp_path: Path) -> None:
+    from detune import _fake
+    from detune.adapters.base import RunOutcome
+    from detune.config import DetuneWarning, from_dict
+    from detune.training import run
+
+    def fit(cfg, data_yaml, **kw):  # a trainer whose test scoring failed (e.g. an unreadable test image)
+        outcome = _fake.fit(cfg, data_yaml, **kw)
+        outcome.info.pop("test", None)
+        return RunOutcome(**{**outcome.__dict__, "info": {**outcome.info, "test_error": "OSError: bad image"}})
+
+    data = with_test_split(make_shapes(tmp_path / "shapes", n_train=4, n_val=2, imgsz=32))
+    cfg = from_dict({"data": str(data), "epochs": 2, "warmup_epochs": 0.0, "batch": 4, "nbs": 4,
+                     "project": str(tmp_path / "p"), "score_test": True})
+    with pytest.warns(DetuneWarning, match=r"score_test: best.pt could not be scored .*OSError: bad image.*kept"):
+        result = run(cfg, tracking=False, fit=fit)
+    assert result.status == "completed" and len(result.history) == 2 and "test" not in result.info
 
 
 @pytest.mark.slow
