@@ -90,10 +90,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         confirm_epochs = len(confirm.get("trials", [])) * len(confirm.get("seeds", [])) * s["epochs"]
         out = {"trials": trials, "confirm": confirm, "confirm_epochs": confirm_epochs,
                "best_params": result.best_params}
-    elif strategy == "detune_default":
-        out = {"trials": search.run_detune(strategy, {**s, "seed": spec["seed"]}, data, work, gpu)}
-    else:
-        out = {"trials": search.run_ultralytics(strategy, s, data, work, gpu)}
+    else:  # as search.py runs them (model.tune(use_ray=True) needs its raytune setting on to report epochs)
+        return search.child(strategy, spec["target"], {**s, "seed": spec["seed"]}, data, work, gpu)
     return {"strategy": strategy, **out, "seconds": time.monotonic() - start}
 
 
