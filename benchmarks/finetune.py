@@ -66,33 +66,31 @@ def prior_study(s: dict[str, Any], data: Path, work: Path, gpu: bool, seed: int)
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """One strategy run (or one reference training) in a fresh process."""
+    s, data, work, gpu = spec["s"], Path(spec["data"]), Path(spec["work"]), spec["gpu"]
+    strategy = spec["strategy"]
+    if strategy in ("detune_default", "ultralytics_ga", "ultralytics_ray"):  # as search.py runs them
+        return search.child(strategy, spec["target"], {**s, "seed": spec["seed"]}, data, work, gpu)
     from detune import _runtime
 
     _runtime.prepare()
-    s, data, work, gpu = spec["s"], Path(spec["data"]), Path(spec["work"]), spec["gpu"]
     start = time.monotonic()
-    strategy = spec["strategy"]
     if strategy in ("baseline", "yolo_auto"):
         return {"strategy": strategy, **reference(strategy, s, data, work, gpu),
                 "seconds": time.monotonic() - start}
-    if strategy == "detune_prior":
-        import detune
+    import detune
 
-        result = detune.tune(prior_study(s, data, work, gpu, spec["seed"]))
-        rows = {str(t["trial_id"]): t for t in result.trials}
-        trials = []
-        for r in result.result_grid:
-            trial = search._events(r, search.METRIC, r.metrics.get("detune_trial_id") or Path(r.path).name)
-            row = rows.get(str(trial["trial"]), {})
-            trial["params"] = {k: v for k, v in row.items() if k not in TRIAL_COLUMNS and "/" not in k}
-            trials.append(trial)
-        confirm = result.confirm or {}
-        confirm_epochs = len(confirm.get("trials", [])) * len(confirm.get("seeds", [])) * s["epochs"]
-        out = {"trials": trials, "confirm": confirm, "confirm_epochs": confirm_epochs,
-               "best_params": result.best_params}
-    else:  # as search.py runs them (model.tune(use_ray=True) needs its raytune setting on to report epochs)
-        return search.child(strategy, spec["target"], {**s, "seed": spec["seed"]}, data, work, gpu)
-    return {"strategy": strategy, **out, "seconds": time.monotonic() - start}
+    result = detune.tune(prior_study(s, data, work, gpu, spec["seed"]))
+    rows = {str(t["trial_id"]): t for t in result.trials}
+    trials = []
+    for r in result.result_grid:
+        trial = search._events(r, search.METRIC, r.metrics.get("detune_trial_id") or Path(r.path).name)
+        row = rows.get(str(trial["trial"]), {})
+        trial["params"] = {k: v for k, v in row.items() if k not in TRIAL_COLUMNS and "/" not in k}
+        trials.append(trial)
+    confirm = result.confirm or {}
+    confirm_epochs = len(confirm.get("trials", [])) * len(confirm.get("seeds", [])) * s["epochs"]
+    return {"strategy": strategy, "trials": trials, "confirm": confirm, "confirm_epochs": confirm_epochs,
+            "best_params": result.best_params, "seconds": time.monotonic() - start}
 
 
 def reference(name: str, s: dict[str, Any], data: Path, work: Path, gpu: bool) -> dict[str, Any]:
