@@ -343,7 +343,7 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
     trial_id = ctx.get_trial_id()
     train = apply_params(payload["train"], params)
     train.update(project=payload["trials_dir"], name=trial_id, exist_ok=True, device=trial_device(payload["gpu"]),
-                 threads=max(1, int(payload["cpu"])))
+                 threads=train.get("threads") or max(1, int(payload["cpu"])))
     cfg = from_dict(train)
     resume_from, restored_from = None, None
     checkpoint = tune.get_checkpoint()
@@ -459,7 +459,8 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
                                            params=_study_params(study))
     try:
         study = _centre_prior(study, state, tcfg, parent_run_id, fit=fit, data=data)
-        train["lr0"] = study.train.lr0
+        study = _pin_threads(study)  # best.yaml and the confirmation retrain with the trials' numerics
+        train.update(lr0=study.train.lr0, threads=study.train.threads)
         atomic_write(state_file, json.dumps({"parent_run_id": parent_run_id, "name": study.name,
                                              "metric": study.metric, "mode": study.mode,
                                              "lr0_centre": study.train.lr0}, indent=2))
@@ -505,6 +506,16 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
 
 
 INTERRUPTED_STUDY = "interrupted before all trials ended; resume with --resume"
+
+
+def _pin_threads(study: StudyConfig) -> StudyConfig:
+    """A trial trains with ``resources_per_trial.cpu`` torch threads; the thread count changes the float
+    reductions, so best.yaml records it (when the study left ``train.threads`` unset) for a retraining on the
+    same machine to repeat its trial's curve."""
+    if study.train.threads is not None:
+        return study
+    threads = max(1, int(study.resources_per_trial["cpu"]))
+    return dataclasses.replace(study, train=dataclasses.replace(study.train, threads=threads))
 
 
 def _centre_prior(study: StudyConfig, state: Mapping[str, Any], tcfg: Any, parent_run_id: str | None, *,

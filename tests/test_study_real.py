@@ -170,3 +170,24 @@ def test_shipped_train_config_runs(tmp_path: Path, shapes_yaml: Path) -> None:
                           project=str(tmp_path / "runs"), name="t")
     assert result.status == "completed", result.reason
     assert len(result.history) == 1
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_retraining_best_yaml_gives_its_trials_curve(tmp_path: Path, shapes_yaml: Path) -> None:
+    """best.yaml records what changes the numerics (the trial's CPU threads beside the seed and the
+    deterministic flag), so a retraining on the same machine repeats its trial epoch for epoch."""
+    import detune
+    from detune.tuning import tune
+
+    study = yaml.safe_load(_write_study(tmp_path, shapes_yaml, tracking=False).read_text())
+    result = tune({**study, "search_space": {"lr0": {"choice": [0.01, 0.03]}}})
+    best_id = result.best_yaml.read_text().split()[3]  # "# best trial <id> of study ..."
+    assert yaml.safe_load(result.best_yaml.read_text())["threads"] == 1  # the trial's resources_per_trial.cpu
+    again = detune.train(result.best_yaml, project=str(tmp_path / "again"), name="r", tracking=False)
+
+    def curve(run_dir: Path) -> list[dict[str, str]]:
+        with (run_dir / "results.csv").open(newline="") as f:
+            return [{k.strip(): v for k, v in row.items() if k.strip() != "time"} for row in csv.DictReader(f)]
+
+    trial = curve(tmp_path / "out" / "trials" / best_id)
+    assert len(trial) == 2 and curve(tmp_path / "again" / "r") == trial
