@@ -141,14 +141,13 @@ def summary_lines(target: str, s: dict[str, Any], runs: dict[str, list[dict[str,
                   refs: dict[str, dict[str, Any]]) -> list[str]:
     """The table of one target: median and min-max over repeats per strategy, and the reference points."""
     lines = [f"### {target}: {s['trials']} trials x {s['epochs']} epochs, imgsz {s['imgsz']}, batch {s['batch']}",
-             "", "| strategy | repeats | best fitness, median (min-max) | trial-epochs spent, median | "
-             "test mAP50-95 of its pick, median |", "|---|---:|---|---:|---:|"]
+             "", "| strategy | repeats | best fitness, median (min-max) | trial-epochs spent, median (min-max) | "
+             "test mAP50-95 of its confirmed pick, median |", "|---|---:|---|---|---:|"]
     for strategy, repeats in runs.items():
-        best = [spent(r, s["epochs"])[0][-1][1] if spent(r, s["epochs"])[0] else 0.0 for r in repeats]
+        best = [_best(r, s) for r in repeats]
         cost = [spent(r, s["epochs"])[1] for r in repeats]
-        tests = [t for r in repeats if (t := _confirmed_test(r)) is not None]
-        lines.append(f"| {LABELS[strategy]} | {len(repeats)} | {statistics.median(best):.4f} "
-                     f"({min(best):.4f}-{max(best):.4f}) | {statistics.median(cost):g} | "
+        tests = [t["mean"] for r in repeats if (t := _confirmed_test(r)) is not None]
+        lines.append(f"| {LABELS[strategy]} | {len(repeats)} | {_spread(best, '.4f')} | {_spread(cost, 'g')} | "
                      f"{f'{statistics.median(tests):.4f}' if tests else '-'} |")
     for name, ref in refs.items():
         test = ref.get("test", {}).get("test/mAP50-95")
@@ -157,12 +156,122 @@ def summary_lines(target: str, s: dict[str, Any], runs: dict[str, list[dict[str,
     return lines
 
 
-def _confirmed_test(run_: dict[str, Any]) -> float | None:
-    """The mean held-out score of the config a confirmed study picked (None without confirmation)."""
+def _best(run_: dict[str, Any], s: dict[str, Any]) -> float:
+    points = spent(run_, s["epochs"])[0]
+    return points[-1][1] if points else 0.0
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
+def _confirmed_test(run_: dict[str, Any], trial: str | None = None) -> dict[str, float] | None:
+    """Held-out scores (mean, std, n over the confirmation seeds) of the trial a confirmed study picked (or of
+    ``trial``, e.g. its baseline); None without confirmation or test split."""
     confirm = run_.get("confirm") or {}
-    best = (confirm.get("best") or {}).get("trial_id")
-    scores = (confirm.get("test") or {}).get("test/mAP50-95", {}).get(best, {})
-    return scores.get("mean") if scores.get("n") else None
+    trial = trial or (confirm.get("best") or {}).get("trial_id")
+    scores = (confirm.get("test") or {}).get("test/mAP50-95", {}).get(trial, {})
+    return scores if scores.get("n") else None
+
+
+def goal_lines(s: dict[str, Any], runs: dict[str, list[dict[str, Any]]],
+               refs: dict[str, dict[str, Any]]) -> list[str]:
+    """Issue 15's goals on one target, for each detune strategy: met or missed, and by how much."""
+    lines = []
+    ga = runs.get("ultralytics_ga", [])
+    if ga:
+        goal = statistics.median(_best(r, s) for r in ga)
+        shares = {"ultralytics_ga": 3, "ultralytics_ray": 2}  # at most 1/3 of GA's, 1/2 of Ray's trial-epochs
+        budgets = {k: statistics.median(spent(r, s["epochs"])[1] for r in runs[k]) for k in shares if runs.get(k)}
+        for mine in (k for k in runs if k.startswith("detune")):
+            reach = [search.to_reach(spent(r, s["epochs"])[0], goal) for r in runs[mine]]
+            reached = sorted(n for n in reach if n is not None)
+            if len(reached) * 2 <= len(reach):
+                lines.append(f"- {LABELS[mine]}: reached the genetic tuner's median best ({goal:.4f}) in "
+                             f"{len(reached)} of {len(reach)} repeats: goal **MISSED**")
+                continue
+            median = statistics.median([n if n is not None else math.inf for n in reach])
+            extra = statistics.median(int(r.get("confirm_epochs", 0)) for r in runs[mine])
+            parts = [f"{k.split('_')[1]} {median:g} / {budget:g} = {median / budget:.2f} (goal <= 1/{shares[k]}: "
+                     f"{'met' if median * shares[k] <= budget else 'MISSED'})" for k, budget in budgets.items()
+                     if budget]
+            found = statistics.median(search.to_reach(spent(r, s["epochs"])[0], _best(r, s)) for r in ga)
+            parts.append(f"strict reading, against the {found:g} trial-epochs the genetic tuner took to find its own "
+                         f"best: {median / found:.2f} ({'met' if median * 3 <= found else 'MISSED'})")
+            lines.append(f"- {LABELS[mine]}: reached the genetic tuner's median best ({goal:.4f}) after a median "
+                         f"{median:g} trial-epochs (per repeat {reach}); against the budgets spent: "
+                         + "; ".join(parts) + (f"; its confirmation then spent {extra:g} more" if extra else ""))
+    for mine in (k for k in runs if k.startswith("detune")):
+        picks = [(t, _confirmed_test(r, (r.get("confirm") or {}).get("baseline"))) for r in runs[mine]
+                 if (t := _confirmed_test(r)) is not None]
+        auto = refs.get("yolo_auto", {}).get("test", {}).get("test/mAP50-95")
+        if not picks or auto is None:
+            continue
+        verdicts = []
+        for pick, base in picks:
+            margin_base = pick["mean"] - base["mean"] if base else math.nan
+            spread = max(pick["std"], base["std"] if base else 0.0)
+            verdicts.append(f"{pick['mean']:.4f} +- {pick['std']:.4f} vs baseline {margin_base:+.4f}, vs YOLO.train "
+                            f"{pick['mean'] - auto:+.4f} (seed sd {spread:.4f}): "
+                            + ("met" if min(margin_base, pick["mean"] - auto) > spread else "MISSED"))
+        lines.append(f"- {LABELS[mine]}, test mAP50-95 of the confirmed pick (mean over its seeds) against the "
+                     f"baseline trial retrained with the same seeds and plain YOLO.train ({auto:.4f}), per repeat: "
+                     + "; ".join(verdicts))
+    return lines
+
+
+def plot(target: str, s: dict[str, Any], runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Median best-so-far fitness against trial-epochs per strategy (band: min-max over repeats); a dotted
+    segment is the trial-epochs a confirmation spent after the search."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for strategy, repeats in runs.items():
+        curves = [spent(r, s["epochs"]) for r in repeats]
+        end = max((c[0][-1][0] for c in curves if c[0]), default=0)
+        if not end:
+            continue
+        xs = list(range(0, end + 1))
+        ys = [[next((b for n, b in reversed(c[0]) if n <= x), 0.0) for x in xs] for c in curves]
+        med = [statistics.median(col) for col in zip(*ys)]
+        line, = ax.step(xs, med, where="post", label=f"{LABELS[strategy]} ({len(repeats)})")
+        ax.fill_between(xs, [min(col) for col in zip(*ys)], [max(col) for col in zip(*ys)], step="post",
+                        alpha=0.15, color=line.get_color())
+        total = statistics.median(c[1] for c in curves)
+        if total > end:
+            ax.plot([end, total], [med[-1], med[-1]], ls=":", color=line.get_color())
+    ax.set(xlabel="cumulative trial-epochs", ylabel="best fitness so far (mAP50-95)",
+           title=f"Fine-tuning searches on {target}: median over repeats, band min-max")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(results: dict[str, Any], out: Path) -> str:
+    """The RESULTS.md section of every target in ``results`` (plots written beside it)."""
+    sections = []
+    for target, t in results["targets"].items():
+        if "skipped" in t:
+            sections.append(f"### {target}\n\n{t['skipped']}")
+            continue
+        lines = summary_lines(target, t["settings"], t["runs"], t["references"])
+        goals = goal_lines(t["settings"], t["runs"], t["references"])
+        if goals:
+            lines += ["", "Goals of issue 15:", *goals]
+        name = f"finetune_{target}.png"
+        plot(target, t["settings"], t["runs"], out / name)
+        lines.append(f"\n![best fitness vs trial-epochs, {target}]({name})")
+        if "measured" in t:
+            lines.append(f"\n- {target} measured {t['measured']['date']}, took {t['measured']['seconds'] / 60:.1f} "
+                         f"min: `{t['measured']['command']}`")
+        sections.append("\n".join(lines))
+    return ("## 5. Fine-tuning searches (issue 15)\n\nEach strategy fine-tunes the pretrained checkpoint of "
+            "section 'Pretrained checkpoint'; see benchmarks/finetune.py for the strategies.\n\n"
+            + "\n\n".join(sections))
 
 
 def main() -> int:
@@ -173,20 +282,32 @@ def main() -> int:
     p.add_argument("--targets", nargs="+", default=["target", "coco128"], choices=["target", "coco128"])
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--render", action="store_true", help="only re-render the section from the saved results")
     args = p.parse_args()
+    saved = args.out / "finetune.json"
+    if args.render:
+        results = json.loads(saved.read_text())
+        head = {k: results.pop(k) for k in ("benchmark", "command", "date", "machine", "seconds")}
+        _common.save(args.out, {**head, "started": time.monotonic() - head["seconds"]}, results,
+                     render(results, args.out))
+        return 0
     mode = _targets.mode(args.gpu, args.quick)
     head = _common.start("finetune")
     ckpt = pretrain.pretrained_checkpoint(args.gpu, args.quick)
     results: dict[str, Any] = {"checkpoint": str(ckpt), "pretraining": pretrain.record(args.gpu, args.quick),
                                "sizes": SIZES[mode], "targets": {}}
-    sections = []
+    if saved.is_file() and not args.quick:  # keep the targets measured before with this checkpoint
+        before = json.loads(saved.read_text())
+        if before.get("checkpoint") == str(ckpt):
+            results["targets"] = {k: v for k, v in before.get("targets", {}).items() if k not in args.targets}
     with tempfile.TemporaryDirectory(prefix="detune-finetune-") as tmp:
         for target in args.targets:
+            began = time.monotonic()
             s = {**SIZES[mode][target], "model": str(ckpt)}
             data = (_targets.make_scenes(_targets.TARGET[mode]) if target == "target"
                     else _common.coco128(Path(tmp)))
             if data is None:
-                sections.append(f"### {target}\n\nSkipped: {_common.COCO128} is absent.")
+                results["targets"][target] = {"skipped": f"Skipped: {_common.COCO128} is absent."}
                 continue
             base = {"target": target, "s": s, "data": str(data), "gpu": args.gpu}
             refs = {name: run({**base, "strategy": name, "seed": 0, "work": str(Path(tmp) / target / name)})
@@ -198,12 +319,9 @@ def main() -> int:
                     work = Path(tmp) / target / f"{strategy}-{repeat}"
                     runs.setdefault(strategy, []).append(run({**base, "strategy": strategy, "seed": repeat,
                                                               "work": str(work)}))
-            results["targets"][target] = {"settings": s, "references": refs, "runs": runs}
-            sections.append("\n".join(summary_lines(target, s, runs, refs)))
-    md = ("## 5. Fine-tuning searches (issue 15)\n\nEach strategy fine-tunes the pretrained checkpoint of "
-          "section 'Pretrained checkpoint'; see benchmarks/finetune.py for the strategies.\n\n"
-          + "\n\n".join(sections))
-    _common.save(args.out, head, results, md)
+            results["targets"][target] = {"settings": s, "references": refs, "runs": runs, "measured": {
+                "date": head["date"], "command": head["command"], "seconds": round(time.monotonic() - began)}}
+    _common.save(args.out, head, results, render(results, args.out))
     return 0
 
 
