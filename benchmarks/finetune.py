@@ -50,6 +50,9 @@ SIZES = {
     "quick": {"target": {"trials": 2, "epochs": 2, "imgsz": 32, "batch": 8},
               "coco128": {"trials": 2, "epochs": 1, "imgsz": 32, "batch": 16}},
 }
+for _mode, _sizes in (("cpu", search.CPU), ("gpu", search.GPU), ("quick", search.QUICK)):
+    SIZES[_mode]["shapes"] = _sizes["shapes"]  # from scratch, as search.py (section 2) runs it
+TARGETS = ("target", "coco128", "shapes")
 CONFIRM = {"top_k": 2, "seeds": 2}
 
 
@@ -161,6 +164,12 @@ def _best(run_: dict[str, Any], s: dict[str, Any]) -> float:
     return points[-1][1] if points else 0.0
 
 
+def _best_at(repeats: list[dict[str, Any]], s: dict[str, Any], budget: float) -> float:
+    """Median over repeats of the best fitness found within ``budget`` trial-epochs of the search."""
+    return statistics.median(max((b for n, b in spent(r, s["epochs"])[0] if n <= budget), default=0.0)
+                             for r in repeats)
+
+
 def _spread(values: list[float], fmt: str) -> str:
     return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
@@ -201,6 +210,13 @@ def goal_lines(s: dict[str, Any], runs: dict[str, list[dict[str, Any]]],
             lines.append(f"- {LABELS[mine]}: reached the genetic tuner's median best ({goal:.4f}) after a median "
                          f"{median:g} trial-epochs (per repeat {reach}); against the budgets spent: "
                          + "; ".join(parts) + (f"; its confirmation then spent {extra:g} more" if extra else ""))
+    for mine in (k for k in runs if k.startswith("detune") and ga):
+        budget = min(statistics.median(spent(r, s["epochs"])[1] for r in runs[mine]),
+                     statistics.median(spent(r, s["epochs"])[1] for r in ga))
+        ours, theirs = _best_at(runs[mine], s, budget), _best_at(ga, s, budget)
+        lines.append(f"- {LABELS[mine]} at equal trial-epochs ({budget:g}, its confirmation counted): best fitness "
+                     f"{ours:.4f} against the genetic tuner's {theirs:.4f} (medians over repeats): "
+                     + ("at least as good" if ours >= theirs else f"**worse by {theirs - ours:.4f}**"))
     for mine in (k for k in runs if k.startswith("detune")):
         picks = [(t, _confirmed_test(r, (r.get("confirm") or {}).get("baseline"))) for r in runs[mine]
                  if (t := _confirmed_test(r)) is not None]
@@ -236,9 +252,10 @@ def plot(target: str, s: dict[str, Any], runs: dict[str, list[dict[str, Any]]], 
             continue
         xs = list(range(0, end + 1))
         ys = [[next((b for n, b in reversed(c[0]) if n <= x), 0.0) for x in xs] for c in curves]
-        med = [statistics.median(col) for col in zip(*ys)]
+        cols = list(zip(*ys, strict=True))
+        med = [statistics.median(col) for col in cols]
         line, = ax.step(xs, med, where="post", label=f"{LABELS[strategy]} ({len(repeats)})")
-        ax.fill_between(xs, [min(col) for col in zip(*ys)], [max(col) for col in zip(*ys)], step="post",
+        ax.fill_between(xs, [min(col) for col in cols], [max(col) for col in cols], step="post",
                         alpha=0.15, color=line.get_color())
         total = statistics.median(c[1] for c in curves)
         if total > end:
@@ -251,6 +268,29 @@ def plot(target: str, s: dict[str, Any], runs: dict[str, list[dict[str, Any]]], 
     plt.close(fig)
 
 
+def target_data(target: str, mode: str, s: dict[str, Any], tmp: Path) -> Path | None:
+    """The data YAML of a target (None: COCO128 is absent)."""
+    if target == "target":
+        return _targets.make_scenes(_targets.TARGET[mode])
+    if target == "coco128":
+        return _common.coco128(tmp)
+    return _common.shapes(imgsz=s["imgsz"], n_train=s["n_train"])
+
+
+def _recorded_shapes(t: dict[str, Any], out: Path) -> dict[str, list[dict[str, Any]]]:
+    """search.py's recorded shapes runs (section 2) of the strategies not run here, when its sizes match."""
+    path = out / "search.json"
+    if not path.is_file():
+        return {}
+    recorded = json.loads(path.read_text())
+    sizes = {k: v for k, v in t["settings"].items() if k != "model"}
+    if recorded.get("sizes", {}).get("shapes") != sizes:
+        return {}
+    runs = recorded["datasets"]["shapes"]["runs"]
+    return {k: [runs[k]] for k in ("ultralytics_ga", "ultralytics_ray", "detune_default") if k in runs
+            and k not in t["runs"]}
+
+
 def render(results: dict[str, Any], out: Path) -> str:
     """The RESULTS.md section of every target in ``results`` (plots written beside it)."""
     sections = []
@@ -258,8 +298,14 @@ def render(results: dict[str, Any], out: Path) -> str:
         if "skipped" in t:
             sections.append(f"### {target}\n\n{t['skipped']}")
             continue
+        recorded = _recorded_shapes(t, out) if target == "shapes" else {}
+        t = {**t, "runs": {**t["runs"], **recorded}}
         lines = summary_lines(target, t["settings"], t["runs"], t["references"])
+        if recorded:
+            lines.append(f"\nFrom scratch (yolo11n.yaml). Rows {', '.join(LABELS[k] for k in recorded)}: one run each, "
+                         "recorded by search.py (section 2) at the same sizes, data and training seed.")
         goals = goal_lines(t["settings"], t["runs"], t["references"])
+        results["targets"][target]["goals"] = goals  # run_all's summary reads them
         if goals:
             lines += ["", "Goals of issue 15:", *goals]
         name = f"finetune_{target}.png"
@@ -279,7 +325,7 @@ def main() -> int:
         print(json.dumps(child(json.loads(sys.argv[2])), default=str))
         return 0
     p = _common.parser(__doc__)
-    p.add_argument("--targets", nargs="+", default=["target", "coco128"], choices=["target", "coco128"])
+    p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--render", action="store_true", help="only re-render the section from the saved results")
@@ -303,9 +349,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="detune-finetune-") as tmp:
         for target in args.targets:
             began = time.monotonic()
-            s = {**SIZES[mode][target], "model": str(ckpt)}
-            data = (_targets.make_scenes(_targets.TARGET[mode]) if target == "target"
-                    else _common.coco128(Path(tmp)))
+            s = {**SIZES[mode][target], "model": "yolo11n.yaml" if target == "shapes" else str(ckpt)}
+            data = target_data(target, mode, s, Path(tmp))
             if data is None:
                 results["targets"][target] = {"skipped": f"Skipped: {_common.COCO128} is absent."}
                 continue

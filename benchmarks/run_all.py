@@ -45,6 +45,9 @@ def summary(out: Path) -> list[str]:
     for x in (load("lr_finder") or {}).get("results", []):
         rows.append(f"| 4. LR finder, {x['dataset']} {x['optimizer']}: suggestion / best grid lr0 | within 3x | "
                     f"{x['ratio']:.2f} ({'met' if x['within_goal'] else 'MISSED'}) |")
+    for target, t in ((load("finetune") or {}).get("targets") or {}).items():
+        rows += [f"| 5. fine-tuning search, {target} | issue 15 | {line.removeprefix('- ')} |"
+                 for line in t.get("goals", [])]
     return rows
 
 

@@ -63,6 +63,7 @@ def run_detune(strategy: str, s: dict[str, Any], data: Path, work: Path, gpu: bo
                               "lrf": {"uniform": list(SPACE["lrf"])},
                               "momentum": {"uniform": list(SPACE["momentum"])}},
              "search": "optuna" if default else "random", "trial_scheduler": "asha" if default else "fifo",
+             "confirm": False,
              "trial_scheduler_params": {"grace_period": 2, "reduction_factor": 2} if default else {},
              "num_samples": s["trials"], "max_concurrent_trials": None if gpu else 2,
              "resources_per_trial": {"cpu": 1, "gpu": 1 if gpu else 0}, "metric": METRIC, "mode": "max",

@@ -298,11 +298,6 @@ class _SigintWatch:
         return self.installed and self.ray_seen and signal.getsignal(signal.SIGINT) == self._handler
 
 
-def _study_size(study: Any) -> int:
-    grid = math.prod(len(d.args) for d in study.search_space.values() if d.kind == "grid")
-    return study.num_samples * grid
-
-
 def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | None, debug: bool,
              as_json: bool = False, quiet: bool = False, verbose: bool = False, fit: Any = None) -> int:
     """``detune tune``: run (or resume) a study with live progress (the library writes its report), print the
@@ -316,7 +311,7 @@ def run_tune(config: str, overrides: list[str], *, resume: bool, address: str | 
         values = _guard(lambda: _parse(overrides, verbose), debug)
         study = _guard(lambda: load_study(config, **values), debug)
         display = TuneDisplay(term, name=study.name, metric=study.metric, mode=study.mode,
-                              epochs=study.train.epochs, total_trials=_study_size(study),
+                              epochs=study.train.epochs, total_trials=study.trial_count,
                               params=list(study.search_space))
         log = study.output_dir / "detune.log"
         started = time.time()

@@ -22,10 +22,10 @@ _ELIGIBLE = ("completed", "stopped", "interrupted")  # trained and scored; diver
 
 @dataclasses.dataclass(frozen=True)
 class ConfirmSettings:
-    """``confirm: {top_k: 3, seeds: 2}``: retrain the best ``top_k`` distinct trials (and the baseline) with
+    """``confirm: {top_k: 2, seeds: 2}``: retrain the best ``top_k`` distinct trials (and the baseline) with
     ``seeds`` new training seeds each."""
 
-    top_k: int = 3
+    top_k: int = 2
     seeds: int = 2
 
     def to_dict(self) -> dict[str, int]:
@@ -43,7 +43,7 @@ def parse_confirm(raw: Any, *, num_samples: int) -> ConfirmSettings | None:
     if raw is True:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"confirm ({raw!r}) must be a mapping such as confirm: {{top_k: 3, seeds: 2}}, true "
+        raise ConfigError(f"confirm ({raw!r}) must be a mapping such as confirm: {{top_k: 2, seeds: 2}}, true "
                           "(those defaults) or false")
     fields = [f.name for f in dataclasses.fields(ConfirmSettings)]
     for key in raw:
@@ -55,7 +55,7 @@ def parse_confirm(raw: Any, *, num_samples: int) -> ConfirmSettings | None:
     for key in fields:
         value = getattr(settings, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"confirm.{key} ({value!r}) must be an integer >= 1; e.g. confirm: {{top_k: 3, "
+            raise ConfigError(f"confirm.{key} ({value!r}) must be an integer >= 1; e.g. confirm: {{top_k: 2, "
                               "seeds: 2}")
     if settings.top_k > num_samples:
         raise ConfigError(f"confirm.top_k ({settings.top_k}) must be at most num_samples ({num_samples}); lower "

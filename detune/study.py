@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -30,9 +31,9 @@ class StudyConfig:
     search_space: dict[str, Dim]
     name: str = "study"
     output_dir: Path = Path("runs/detune/study")
-    search: str = "random"
-    search_params: dict[str, Any] = dataclasses.field(default_factory=dict)
-    trial_scheduler: str = "asha"
+    search: str = "optuna"
+    search_params: dict[str, Any] = dataclasses.field(default_factory=lambda: {"sampler": "gp"})
+    trial_scheduler: str = "detection"
     trial_scheduler_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     num_samples: int = 8
     max_concurrent_trials: int | None = None
@@ -55,7 +56,13 @@ class StudyConfig:
         out["confirm"] = self.confirm.to_dict() if self.confirm is not None else False
         return out
 
+    @property
+    def trial_count(self) -> int:
+        """Trials the study runs: ``num_samples``, times every grid combination."""
+        return self.num_samples * math.prod(len(d.args) for d in self.search_space.values() if d.kind == "grid")
 
+
+CONFIRM_FROM = 8  # a study of this many trials confirms its top trials unless it says `confirm: false`
 _STUDY_KEYS = tuple(f.name for f in dataclasses.fields(StudyConfig))
 
 
@@ -85,10 +92,11 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
         raise ConfigError(f"name ({name!r}) must be 1-100 letters, digits, '_', '.' or '-'; it names folders "
                           "and the MLflow experiment")
     output_dir = Path(_path(raw, "output_dir") or Path("runs") / "detune" / name).expanduser().resolve()
+    search, search_params = _searcher(raw, search_space)
     study = StudyConfig(
         train=train, search_space=search_space, name=name,
-        output_dir=output_dir, search=raw.get("search", "random"), search_params=_mapping(raw, "search_params"),
-        trial_scheduler=raw.get("trial_scheduler", "asha"),
+        output_dir=output_dir, search=search, search_params=search_params,
+        trial_scheduler=raw.get("trial_scheduler", "detection"),
         trial_scheduler_params=_mapping(raw, "trial_scheduler_params"),
         num_samples=raw.get("num_samples", 8), max_concurrent_trials=raw.get("max_concurrent_trials"),
         metric=raw.get("metric", "metrics/mAP50-95"), mode=raw.get("mode", "max"),
@@ -99,11 +107,29 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
         baseline_first=raw.get("baseline_first", True),
     )
     _validate(study)
-    confirm = parse_confirm(raw.get("confirm"), num_samples=study.num_samples)
+    confirm = parse_confirm(raw.get("confirm", _default_confirm(study)), num_samples=study.trial_count)
     if confirm is not None and study.trial_scheduler == "pbt":
         raise ConfigError("confirm cannot retrain PBT trials (their settings change during training); remove "
                           "confirm or use another trial_scheduler")
     return dataclasses.replace(study, confirm=confirm)
+
+
+def _searcher(raw: Mapping[str, Any], space: Mapping[str, Dim]) -> tuple[str, dict[str, Any]]:
+    """``search`` and ``search_params``. The default is Optuna's GP sampler (it models from a few trials, as
+    8-30 trial studies need), or random search when the space has grid dimensions (Optuna cannot
+    enumerate them) or the study runs PBT (which mutates trials itself); an explicit ``search: optuna``
+    keeps Optuna's own default, TPE."""
+    if "search" in raw:
+        return raw["search"], _mapping(raw, "search_params")
+    if raw.get("trial_scheduler") == "pbt" or any(d.kind == "grid" for d in space.values()):
+        return "random", _mapping(raw, "search_params")
+    return "optuna", _mapping(raw, "search_params") if "search_params" in raw else {"sampler": "gp"}
+
+
+def _default_confirm(study: StudyConfig) -> bool:
+    """Confirmation is on by default for a study of ``CONFIRM_FROM`` trials or more, unless it runs PBT (its
+    trials change settings as they train) or has a time budget (the retrainings would run past it)."""
+    return study.trial_count >= CONFIRM_FROM and study.trial_scheduler != "pbt" and study.time_budget_s is None
 
 
 def _space(raw: Any, train: TrainConfig) -> tuple[TrainConfig, dict[str, Dim]]:

@@ -66,11 +66,32 @@ def test_a_grid_under_a_searcher_that_cannot_take_it_is_refused_with_the_fix(tmp
 def test_lr_search_with_a_momentum_grid_under_optuna_fails_before_ray(tmp_path: Path) -> None:
     """The shape of the broken shipped config: refused by tune() before Ray or any folder."""
     raw = yaml.safe_load((REPO / "configs" / "lr_search.yaml").read_text())
-    raw["search_space"]["momentum"] = {"grid": [0.9, 0.937]}
+    raw["search_space"] = {"lr0": {"loguniform": [1.0e-4, 1.0e-1]}, "momentum": {"grid": [0.9, 0.937]}}
     raw.update(output_dir=str(tmp_path / "out"), tracking=f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(ConfigError, match="use search_space.momentum: {choice"):
         tune(raw)
     _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(("changes", "search", "params", "scheduler", "confirm"), [
+    ({}, "optuna", {"sampler": "gp"}, "detection", {"top_k": 2, "seeds": 2}),  # the default study
+    ({"num_samples": 6}, "optuna", {"sampler": "gp"}, "detection", None),  # a few trials: no confirmation
+    ({"search_space": {"lr0": {"grid": [0.01, 0.02]}}, "num_samples": 4}, "random", {}, "detection",
+     {"top_k": 2, "seeds": 2}),  # a grid: random enumerates it; 2 x 4 = 8 trials
+    ({"trial_scheduler": "pbt", "search_space": {"lr0": {"loguniform": [1e-3, 1e-1]}}}, "random", {}, "pbt",
+     None),  # PBT mutates trials itself
+    ({"time_budget_s": 600}, "optuna", {"sampler": "gp"}, "detection", None),  # retrainings would overrun it
+    ({"search": "optuna"}, "optuna", {}, "detection", {"top_k": 2, "seeds": 2}),  # explicit: Optuna's TPE
+    ({"search_params": {"n_startup_trials": 4}}, "optuna", {"n_startup_trials": 4}, "detection",
+     {"top_k": 2, "seeds": 2}),  # TPE settings
+    ({"confirm": False, "trial_scheduler": "asha"}, "optuna", {"sampler": "gp"}, "asha", None),
+])
+def test_the_default_study_design_and_when_it_steps_aside(tmp_path: Path, changes: dict, search: str,
+                                                            params: dict, scheduler: str, confirm: Any) -> None:
+    study = load_study({"train": {"epochs": 4}, "output_dir": str(tmp_path), **changes})
+    assert (study.search, study.search_params, study.trial_scheduler) == (search, params, scheduler)
+    assert (study.confirm.to_dict() if study.confirm else None) == confirm
+    assert load_study(study.to_dict()).confirm == study.confirm  # round trip
 
 
 # ---- dotted overrides reach into every mapping ----------------------------------------------------------------
@@ -79,11 +100,46 @@ def _cli_study(path: Path, *pairs: str) -> Any:
     return load_study(path, **_parse(list(pairs), verbose=False))
 
 
-LR_SEARCH = REPO / "configs" / "lr_search.yaml"
+WIDE = """\
+# a hand-written wide space (configs/lr_search.yaml before it took the default prior)
+name: wide
+train:
+  model: yolo11n.yaml
+  data: datasets/coco128.yaml
+  epochs: 50
+  batch: 16
+  nbs: 64
+  imgsz: 640
+  optimizer: SGD
+  workers: 4
+search_space:
+  lr0: {loguniform: [1.0e-4, 1.0e-1]}
+  lrf: {loguniform: [1.0e-3, 1.0]}
+  warmup_epochs: {uniform: [0.0, 3.0]}
+  momentum: {choice: [0.9, 0.937]}
+  scheduler: {choice: [linear, cosine, onecycle, cosine_restarts]}
+  scheduler_params:
+    onecycle: {pct_start: {uniform: [0.1, 0.4]}}
+    cosine_restarts: {period: {choice: [5, 10, 25]}}
+search: optuna
+trial_scheduler: asha
+trial_scheduler_params: {grace_period: 5, reduction_factor: 3}
+num_samples: 16
+resources_per_trial: {cpu: 4, gpu: 0.5}   # two trials share each GPU
+metric: metrics/mAP50-95
+mode: max
+"""
 
 
-def test_override_of_one_search_space_entry_keeps_the_others() -> None:
-    study = _cli_study(LR_SEARCH, "search_space.momentum={choice: [0.9, 0.937]}")
+@pytest.fixture
+def wide(tmp_path: Path) -> Path:
+    path = tmp_path / "wide.yaml"
+    path.write_text(WIDE)
+    return path
+
+
+def test_override_of_one_search_space_entry_keeps_the_others(wide: Path) -> None:
+    study = _cli_study(wide, "search_space.momentum={choice: [0.9, 0.937]}")
     assert list(study.search_space) == ["lr0", "lrf", "warmup_epochs", "momentum", "scheduler",
                                         "scheduler_params.onecycle.pct_start",
                                         "scheduler_params.cosine_restarts.period"]
@@ -91,24 +147,24 @@ def test_override_of_one_search_space_entry_keeps_the_others() -> None:
     assert study.search_space["momentum"].args == (0.9, 0.937)
     assert study.search_space["lr0"].args == (1.0e-4, 1.0e-1)
     # the library takes the same dotted keys
-    same = load_study(LR_SEARCH, **{"search_space.momentum": {"choice": [0.9, 0.937]}})
+    same = load_study(wide, **{"search_space.momentum": {"choice": [0.9, 0.937]}})
     assert same.search_space == study.search_space
 
 
-def test_override_inside_the_search_spaces_scheduler_params_keeps_its_siblings() -> None:
-    study = _cli_study(LR_SEARCH, "search_space.scheduler_params.onecycle.pct_start={uniform: [0.2, 0.3]}")
+def test_override_inside_the_search_spaces_scheduler_params_keeps_its_siblings(wide: Path) -> None:
+    study = _cli_study(wide, "search_space.scheduler_params.onecycle.pct_start={uniform: [0.2, 0.3]}")
     assert study.search_space["scheduler_params.onecycle.pct_start"].args == (0.2, 0.3)
     assert study.search_space["scheduler_params.cosine_restarts.period"].args == (5, 10, 25)
     assert "lr0" in study.search_space and "scheduler" in study.search_space
 
 
-def test_override_of_resources_per_trial_keeps_the_other_resource() -> None:
-    study = _cli_study(LR_SEARCH, "resources_per_trial.cpu=2")
+def test_override_of_resources_per_trial_keeps_the_other_resource(wide: Path) -> None:
+    study = _cli_study(wide, "resources_per_trial.cpu=2")
     assert study.resources_per_trial == {"cpu": 2, "gpu": 0.5}
 
 
-def test_override_of_trial_scheduler_params_keeps_the_others() -> None:
-    study = _cli_study(LR_SEARCH, "trial_scheduler_params.grace_period=2")
+def test_override_of_trial_scheduler_params_keeps_the_others(wide: Path) -> None:
+    study = _cli_study(wide, "trial_scheduler_params.grace_period=2")
     assert study.trial_scheduler_params == {"grace_period": 2, "reduction_factor": 3}
 
 
