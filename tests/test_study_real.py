@@ -171,14 +171,19 @@ def test_shipped_train_config_runs(tmp_path: Path, shapes_yaml: Path) -> None:
 
 
 @pytest.mark.usefixtures("local_ray")
-def test_retraining_best_yaml_gives_its_trials_curve(tmp_path: Path, shapes_yaml: Path) -> None:
-    """best.yaml records what changes the numerics (the trial's CPU threads beside the seed and the
+def test_a_default_study_and_its_best_yaml_repeats_its_trials_curve(tmp_path: Path, shapes_yaml: Path) -> None:
+    """The default design for real (the prior, Optuna's GP sampler, the detection rungs; a confirmation
+    stage); best.yaml records what changes the numerics (the trial's CPU threads beside the seed and the
     deterministic flag), so a retraining on the same machine repeats its trial epoch for epoch."""
     import detune
     from detune.tuning import tune
 
     study = yaml.safe_load(_write_study(tmp_path, shapes_yaml, tracking=False).read_text())
-    result = tune({**study, "search_space": {"lr0": {"choice": [0.01, 0.03]}}})
+    for key in ("search_space", "search", "trial_scheduler"):
+        del study[key]
+    result = tune({**study, "num_samples": 3, "confirm": {"top_k": 1, "seeds": 1}})
+    assert {"lr0_scale", "optimizer", "scheduler"} <= set(result.trials[0]) and len(result.trials) == 3
+    assert result.confirm["seeds"] == [1000] and result.confirm["confirmed"][result.confirm["best"]["trial_id"]]
     best_id = result.best_yaml.read_text().split()[3]  # "# best trial <id> of study ..."
     assert yaml.safe_load(result.best_yaml.read_text())["threads"] == 1  # the trial's resources_per_trial.cpu
     again = detune.train(result.best_yaml, project=str(tmp_path / "again"), name="r", tracking=False)
