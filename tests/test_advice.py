@@ -1,0 +1,233 @@
+"""The training-health advisor (``detune.advice``): every rule on real recorded curves and on edge cases, and
+the advice reaching ``result.info``, advice.json, the ``detune train`` summary, MLflow and the study report.
+
+The curves under ``tests/data/curves/`` are real trainings recorded once by ``tests/data/curves/record.py``
+(its docstring says how: yolo11n from scratch on 256 generated shapes images at 64 px, batch 8, SGD, 32
+optimizer steps per epoch, one run per case: ``healthy`` 30 epochs at lr0 0.01, ``rising`` the same in 12
+epochs, ``short`` 3 epochs, ``too_low`` lr0 1e-4, ``too_high`` lr0 0.3, ``short_warmup`` lr0 0.05 after a
+3-step warmup, ``diverged`` lr0 3 without warmup). The thresholds in ``detune.advice`` were measured on them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detune import advice
+from detune.advice import Advice, diagnose
+
+CURVES = Path(__file__).parent / "data" / "curves"
+HEALTHY_ISH = ("healthy", "rising", "short", "too_low", "short_warmup")  # runs whose batch loss does not jump
+
+
+def load(name: str) -> tuple[list[dict[str, float]], list[dict[str, float]], dict[str, Any]]:
+    """(history, steps, config_summary) of a recorded curve; its steps are stored as columns."""
+    data = json.loads((CURVES / f"{name}.json").read_text())
+    columns = data["steps"]
+    steps = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    return data["history"], steps, data["config_summary"]
+
+
+def run(name: str) -> list[Advice]:
+    history, steps, ctx = load(name)
+    return diagnose(history, steps, config_summary=ctx)
+
+
+def check(rule: str, name: str) -> advice.Check:
+    history, steps, ctx = load(name)
+    found = advice.RULES[rule](history, steps, ctx)
+    assert found is not None, f"{rule} had no data on {name}"
+    return found
+
+
+# ---- the recorded curves: what each run is told --------------------------------------------------------
+def test_the_healthy_run_says_so_with_the_numbers_it_checked() -> None:
+    (found,) = run("healthy")
+    assert found.rule == "healthy" and found.change is None
+    for text in ("1.47x its running median (limit 2x)", "1.09e+03x the train loss (limit 1e+06x)",
+                 "fell 14.4% per epoch over epochs 1-4 (limit 6%)", "1.01x its value at the warmup's end",
+                 "0% above its lowest (epoch 30; limit 10%)", "slope over the last 3 epochs -0.1%"):
+        assert text in found.message, found.message
+    assert set(found.evidence) == {"loss_jumps", "slow_progress", "warmup_spike", "overfitting",
+                                   "schedule_too_short"}
+
+
+def test_a_run_whose_metric_still_rises_is_told_to_train_longer() -> None:
+    (found,) = run("rising")  # 12 epochs: mAP50-95 0.334; the same settings for 30 epochs reached 0.765
+    assert found.rule == "schedule_too_short" and found.change == {"epochs": 24}
+    assert "0.266 -> 0.334 over the last 3 epochs, +10.2% of its best per epoch; limit 3%" in found.message
+    assert "epochs 24" in found.message and found.evidence["last"] == pytest.approx(0.3337)
+
+
+def test_a_too_low_lr_is_told_to_raise_it() -> None:
+    (found,) = run("too_low")
+    assert found.rule == "slow_progress" and found.change == {"lr0": 0.001}
+    for text in ("3.5% per epoch over epochs 1-4", "(14 -> 12.5; limit 6%)", "at lr0 0.0001",
+                 "Ultralytics' default 0.01", "raise lr0 to 0.001"):
+        assert text in found.message, found.message
+
+
+def test_a_too_high_lr_is_told_to_lower_it() -> None:
+    found = {a.rule: a for a in run("too_high")}
+    jumps = found["loss_jumps"]
+    assert jumps.change == {"lr0": 0.1}  # lr0 0.3 / 3
+    assert "validation loss zero or not finite at epoch 2" in jumps.message
+    assert "lower lr0 3x, to 0.1" in jumps.message
+    # its mAP50-95 was still climbing once the lr had decayed: 0.0019 -> 0.0276 over the last 3 epochs
+    assert "0.00185 -> 0.0276" in found["schedule_too_short"].message
+
+
+def test_a_diverged_run_gets_the_lr_it_diverged_at_and_a_safe_lr0() -> None:
+    (found,) = run("diverged")
+    assert found.rule == "diverged" and found.change == {"lr0": 0.3}
+    assert "diverged at epoch 3, step 88 at lr 3" in found.message
+    assert "a safe lr0 is 0.3, 10x below it" in found.message
+    assert "smoothed loss 118.5 exceeded 10 x its minimum" in found.message  # the guard's own reason
+
+
+@pytest.mark.parametrize("name", ["short", "short_warmup"])
+def test_runs_without_a_measurable_problem_are_healthy(name: str) -> None:
+    (found,) = run(name)
+    assert found.rule == "healthy", found.message
+
+
+# ---- the thresholds separate the recorded runs, with margin -------------------------------------------
+@pytest.mark.parametrize("name", HEALTHY_ISH + ("too_high",))
+def test_batch_loss_jumps_stay_well_under_the_limit_unless_diverged(name: str) -> None:
+    assert check("loss_jumps", name).value < advice.JUMP_RATIO / 1.1
+    assert check("loss_jumps", "diverged").value > 1000 * advice.JUMP_RATIO
+
+
+def test_the_slow_progress_limit_sits_between_too_low_and_the_rest() -> None:
+    assert check("slow_progress", "too_low").value < advice.SLOW_DROP / 1.5
+    for name in ("healthy", "rising", "short", "too_high", "short_warmup"):
+        assert check("slow_progress", name).value > advice.SLOW_DROP * 1.5, name
+
+
+@pytest.mark.parametrize("name", HEALTHY_ISH + ("too_high",))
+def test_no_recorded_run_spikes_after_its_warmup(name: str) -> None:
+    assert check("warmup_spike", name).value < advice.WARMUP_SPIKE / 1.3
+
+
+def test_the_rising_limit_sits_between_the_levelled_and_the_rising_runs() -> None:
+    assert check("schedule_too_short", "healthy").value < advice.RISE_SLOPE / 2
+    assert check("schedule_too_short", "rising").value > advice.RISE_SLOPE * 3
+
+
+# ---- edge cases ------------------------------------------------------------------------------------------
+CTX = {"lr0": 0.01, "reference_lr0": 0.01, "epochs": 10, "warmup_epochs": 1.0, "warmup_steps": 20,
+       "steps_per_epoch": 20, "status": "completed", "reason": None}
+
+
+def epochs(train: list[float], val: list[float] | None = None, metric: list[float] | None = None,
+           ) -> list[dict[str, float]]:
+    """History records whose box + cls + dfl losses sum to ``train`` / ``val``."""
+    val = val or [3.0] * len(train)
+    metric = metric or [0.0] * len(train)
+    return [{"epoch": i + 1, **{f"train/{k}_loss": t / 3 for k in ("box", "cls", "dfl")},
+             **{f"val/{k}_loss": v / 3 for k in ("box", "cls", "dfl")}, "metrics/mAP50-95": m}
+            for i, (t, v, m) in enumerate(zip(train, val, metric, strict=True))]
+
+
+def steps_of(losses: list[float], lr: float = 0.01, per_epoch: int = 20) -> list[dict[str, float]]:
+    smooth, out = advice_smoother(losses), []
+    for i, (loss, s) in enumerate(zip(losses, smooth, strict=True)):
+        out.append({"step": i, "epoch": i // per_epoch, "lr/pg0": lr, "loss": loss, "loss_smooth": s})
+    return out
+
+
+def advice_smoother(losses: list[float]) -> list[float]:
+    from detune._lr_suggest import LossSmoother
+
+    smoother = LossSmoother(0.05)
+    return [smoother.update(x) for x in losses]
+
+
+def test_nothing_to_read_is_undiagnosed_not_healthy() -> None:
+    (found,) = diagnose([], [], config_summary={})
+    assert found.rule == "undiagnosed" and "0 epochs, 0 step losses" in found.message
+    (one,) = diagnose(epochs([9.0]), [], config_summary=CTX)
+    assert one.rule == "healthy" and "validation loss <= 0.333x the train loss" in one.message  # only that
+
+
+def test_a_nan_step_loss_is_a_divergence_even_with_the_guard_off() -> None:
+    losses = [5.0] * 30 + [math.nan]
+    (found,) = diagnose(epochs([9.0, 8.0]), steps_of(losses, lr=0.2), config_summary=CTX)
+    assert found.rule == "diverged" and "diverged at epoch 2, step 30 at lr 0.2" in found.message
+    assert found.change == {"lr0": 0.001}  # min(lr 0.2, lr0 0.01) / 10
+
+
+def test_a_divergence_without_steps_falls_back_to_lr0() -> None:
+    ctx = {**CTX, "status": "diverged", "reason": "loss is nan at epoch 1, step 0", "lr0": 0.5}
+    (found,) = diagnose([], [], config_summary=ctx)
+    assert found.change == {"lr0": 0.05} and "at lr 0.5 (loss is nan at epoch 1, step 0)" in found.message
+
+
+def test_batch_loss_jumps_fire_with_the_step_and_ratio() -> None:
+    losses = [5.0] * 40
+    losses[30] = 15.0
+    (found,) = diagnose(epochs([9.0, 8.0]), steps_of(losses), config_summary={**CTX, "lr0": 0.09})
+    assert found.rule == "loss_jumps" and found.change == {"lr0": 0.03}
+    assert "a batch loss 3x its running median at step 30 (limit 2x)" in found.message
+    quiet = diagnose(epochs([9.0, 8.0]), steps_of([5.0] * 40), config_summary=CTX)
+    assert quiet[0].rule == "healthy"
+
+
+def test_a_jump_inside_the_warmup_is_not_counted() -> None:
+    losses = [5.0] * 40
+    losses[10] = 15.0  # step 10 < warmup_steps 20
+    assert check_on("loss_jumps", [], steps_of(losses), CTX).advice is None
+
+
+def check_on(rule: str, history: list[dict[str, float]], steps: list[dict[str, float]],
+             ctx: dict[str, Any]) -> advice.Check:
+    found = advice.RULES[rule](history, steps, ctx)
+    assert found is not None
+    return found
+
+
+def test_slow_progress_needs_three_epochs_and_a_low_lr() -> None:
+    flat = epochs([10.0, 9.9, 9.8, 9.7])
+    low = {**CTX, "lr0": 1e-4}
+    found = check_on("slow_progress", flat, [], low).advice
+    assert found is not None and "1.0% per epoch over epochs 1-4 (10 -> 9.7; limit 6%)" in found.message
+    assert found.change == {"lr0": 0.001}
+    assert check_on("slow_progress", flat, [], CTX).advice is None  # lr0 at Ultralytics' default: not the lr
+    assert advice.slow_progress(flat[:2], [], low) is None  # 2 epochs are too noisy to judge
+
+
+def test_a_spike_after_the_warmup_asks_for_a_longer_one() -> None:
+    losses = [5.0] * 20 + [5.0 + 2.0 * k for k in range(10)] + [20.0] * 10
+    found = check_on("warmup_spike", [], steps_of(losses), CTX).advice
+    assert found is not None and found.change == {"warmup_epochs": 2.0}
+    assert "at the warmup's end (step 19; limit 1.5x) -> warmup_epochs 2" in found.message
+    assert f"{found.evidence['spike']:.3g}x" in found.message
+    no_warmup = {**CTX, "warmup_steps": 0}
+    assert advice.warmup_spike([], steps_of(losses), no_warmup) is None  # no reference without a warmup
+
+
+def test_overfitting_names_the_epoch_of_the_lowest_validation_loss() -> None:
+    history = epochs([9.0, 8.0, 7.0, 6.0, 5.0], val=[6.0, 4.0, 4.4, 4.8, 5.2])
+    found = check_on("overfitting", history, [], CTX).advice
+    assert found is not None and found.change == {"epochs": 2.0}
+    assert "validation loss rose 30% from 4 at epoch 2 to 5.2 at epoch 5 (limit 10%)" in found.message
+    assert "train loss fell from 8 to 5" in found.message
+    both_rise = epochs([5.0, 5.0, 6.0, 7.0, 8.0], val=[6.0, 4.0, 4.4, 4.8, 5.2])
+    assert check_on("overfitting", both_rise, [], CTX).advice is None  # the train loss rose too
+
+
+def test_a_stopped_trial_is_not_told_its_schedule_is_short() -> None:
+    history = epochs([9.0, 8.0, 7.0], metric=[0.1, 0.2, 0.3])
+    assert check_on("schedule_too_short", history, [], CTX).advice is not None
+    assert advice.schedule_too_short(history, [], {**CTX, "status": "stopped"}) is None
+    tiny = epochs([9.0, 8.0, 7.0], metric=[0.001, 0.002, 0.004])
+    assert advice.schedule_too_short(tiny, [], CTX) is None  # below 0.01 a trend is noise
+
+
+def test_advice_round_trips_through_json() -> None:
+    for found in run("too_high"):
+        assert Advice(**json.loads(json.dumps(found.to_dict()))) == found
