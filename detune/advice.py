@@ -172,7 +172,7 @@ def loss_jumps(history: Sequence[Mapping[str, float]], steps: Sequence[Mapping[s
         size = f"{_g(val_jump)}x the train loss" if math.isfinite(val_jump) else "zero or not finite"
         parts.append(f"validation loss {size} at epoch {val_epoch} (limit {VAL_JUMP_RATIO:g}x the train loss)")
     text = ", ".join(t for v, t in ((jump, f"batch loss <= {_g(jump)}x its running median (limit {JUMP_RATIO:g}x)"),
-                                    (val_jump, f"validation loss <= {_g(val_jump)}x the train loss (limit "
+                                    (val_jump, f"val loss <= {_g(val_jump)}x train loss (limit "
                                                f"{VAL_JUMP_RATIO:g}x)")) if not math.isnan(v))
     value = jump if not math.isnan(jump) else val_jump
     limit = JUMP_RATIO if not math.isnan(jump) else VAL_JUMP_RATIO
@@ -194,7 +194,7 @@ def slow_progress(history: Sequence[Mapping[str, float]], steps: Sequence[Mappin
     if len(losses) < SLOW_MIN_EPOCHS or losses[0] <= 0:
         return None
     drop = (losses[0] - min(losses[1:])) / losses[0] / (len(losses) - 1)
-    text = f"train loss fell {drop:.1%} per epoch over epochs 1-{len(losses)} (limit {SLOW_DROP:.0%})"
+    text = f"train loss -{drop:.1%}/epoch over epochs 1-{len(losses)} (limit {SLOW_DROP:.0%})"
     lr0, reference = _lr0(ctx), ctx.get("reference_lr0")
     low = _finite(lr0) and _finite(reference) and lr0 < reference
     if drop >= SLOW_DROP or not low:
@@ -221,7 +221,7 @@ def warmup_spike(history: Sequence[Mapping[str, float]], steps: Sequence[Mapping
     spike = max(after) / ref if ref > 0 else math.nan
     if not _finite(spike):
         return None
-    text = f"smoothed loss after the warmup <= {_g(spike)}x its value at the warmup's end (limit {WARMUP_SPIKE:g}x)"
+    text = f"smoothed loss after the warmup <= {_g(spike)}x its value at its end (limit {WARMUP_SPIKE:g}x)"
     if spike <= WARMUP_SPIKE:
         return Check("warmup_spike", spike, WARMUP_SPIKE, text)
     epochs = ctx.get("warmup_epochs")
@@ -244,7 +244,7 @@ def overfitting(history: Sequence[Mapping[str, float]], steps: Sequence[Mapping[
     best = min(points, key=lambda p: p[2])
     last = points[-1]
     rise = last[2] / best[2] - 1
-    text = f"validation loss {rise:.0%} above its lowest (epoch {best[0]}; limit {OVERFIT_RISE:.0%})"
+    text = f"val loss {rise:.0%} above its lowest (epoch {best[0]}; limit {OVERFIT_RISE:.0%})"
     if rise <= OVERFIT_RISE or last[0] - best[0] < OVERFIT_EPOCHS or last[1] >= best[1]:
         return Check("overfitting", rise, OVERFIT_RISE, text)
     msg = (f"overfitting: validation loss rose {rise:.0%} from {_g(best[2])} at epoch {best[0]} to {_g(last[2])} "
@@ -269,7 +269,7 @@ def schedule_too_short(history: Sequence[Mapping[str, float]], steps: Sequence[M
     slope = sum((i - mean_x) * (y - mean_y) for i, y in enumerate(tail)) / sum((i - mean_x) ** 2 for i in range(n))
     rel = slope / max(values)
     name = metric.split("/")[-1]
-    text = f"{name} slope over the last {n} epochs {rel:+.1%} of its best per epoch (limit {RISE_SLOPE:.0%})"
+    text = f"{name} {rel:+.1%} of its best/epoch over the last {n} epochs (limit {RISE_SLOPE:.0%})"
     if rel < RISE_SLOPE or values[-1] < max(values):
         return Check("schedule_too_short", rel, RISE_SLOPE, text)
     epochs = ctx.get("epochs") if _finite(ctx.get("epochs")) else len(history)

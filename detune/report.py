@@ -573,8 +573,8 @@ def _advice_lines(data: StudyData, best: TrialData | None) -> list[str]:
     for t, label in shown if best is not base else shown[:1]:
         lines += [f"{label.capitalize()} `{t.trial_id}` ({t.status}):", ""]
         lines += [f"- {a['message']}" for a in t.advice] + [""]
-    others = [t for t in data.ranked() + [t for t in data.trials if t not in data.ranked()]
-              if t.advice and t not in (best, base)]
+    ranked = data.ranked()
+    others = [t for t in ranked + [t for t in data.trials if t not in ranked] if t.advice and t not in (best, base)]
     if others:
         lines += ["Other trials:", ""]
         lines += [f"- `{t.trial_id}` ({t.status}): " + ", ".join(str(a["rule"]) for a in t.advice) for t in others]
