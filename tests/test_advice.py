@@ -351,3 +351,37 @@ def test_real_diverging_training_is_told_the_lr_it_diverged_at(tiny: dict, sqlit
     assert f"advice: {found['message']}" in train_summary(result, None)[1]
     tags = tracking._client(sqlite_uri).get_run(result.run_id).data.tags
     assert tags["detune.advice"] == "diverged" and found["message"] in tags["mlflow.note.content"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_every_trial_of_a_study_is_diagnosed_even_when_asha_stops_it(tmp_path: Path, shapes_yaml: Path) -> None:
+    """A study through Ray (fake trainer): ASHA stops lr0 1e-4 at epoch 2 (Ray's SystemExit inside the trial),
+    the others complete; every trial leaves advice.json, its MLflow child run the same advice as tags, and
+    the report an Advice section."""
+    from mlflow.tracking import MlflowClient
+
+    from detune import _fake
+    from detune.tuning import tune
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = {"name": "advised", "output_dir": str(tmp_path / "out"), "search": "grid", "num_samples": 1,
+             "train": {"data": str(shapes_yaml), "epochs": 4, "imgsz": 32, "device": "cpu", "warmup_epochs": 0.0},
+             "search_space": {"lr0": {"grid": [0.01, 1.0e-4, 0.03]}}, "trial_scheduler": "asha",
+             "trial_scheduler_params": {"grace_period": 2, "reduction_factor": 2}, "max_concurrent_trials": 1,
+             "resources_per_trial": {"cpu": 1}, "tracking": uri}
+    result = tune(study, fit=_fake.fit)
+    status = {t["trial_id"]: t["status"] for t in result.trials}
+    assert sorted(status.values()) == ["completed", "completed", "stopped"]
+    client = MlflowClient(tracking_uri=uri)
+    children = {r.data.tags["detune.trial_id"]: r for e in client.search_experiments()
+                for r in client.search_runs([e.experiment_id]) if "mlflow.parentRunId" in r.data.tags}
+    for trial_id in status:
+        told = json.loads((result.output_dir / "trials" / trial_id / "advice.json").read_text())
+        assert told and children[trial_id].data.tags["detune.advice"] == ",".join(a["rule"] for a in told)
+        assert all(a["message"] in children[trial_id].data.tags["mlflow.note.content"] for a in told)
+    stopped = next(t for t, s in status.items() if s == "stopped")
+    # the fake's metric still rises at the last epoch, but a stopped trial did not end its schedule
+    assert "schedule_too_short" not in children[stopped].data.tags["detune.advice"]
+    text = result.report.read_text()
+    assert "## Advice" in text and f"`{stopped}` (stopped)" in text
