@@ -145,14 +145,16 @@ def loss_jumps(history: Sequence[Mapping[str, float]], steps: Sequence[Mapping[s
     """The loss jumps up and down: a batch loss ``JUMP_RATIO`` x its running median after the warmup, or a
     validation loss ``VAL_JUMP_RATIO`` x the train loss (zero or non-finite counts) -> lower lr0 3x."""
     warmup = int(ctx.get("warmup_steps") or 0)
-    losses = [float(s["loss"]) for s in steps if _finite(s.get("loss")) and s["loss"] > 0]
+    measured = [(int(s.get("step", i)), float(s["loss"])) for i, s in enumerate(steps)
+                if _finite(s.get("loss")) and s["loss"] > 0]
+    losses = [loss for _, loss in measured]
     jump, at = math.nan, -1
     if len(losses) >= JUMP_WINDOW:
         half = JUMP_WINDOW // 2
-        for i in range(min(warmup, len(losses)), len(losses)):
-            ratio = losses[i] / statistics.median(losses[max(0, i - half):i + half + 1])
-            if not ratio <= jump:
-                jump, at = ratio, i
+        for i, (step, loss) in enumerate(measured):
+            ratio = loss / statistics.median(losses[max(0, i - half):i + half + 1])
+            if step >= warmup and not ratio <= jump:
+                jump, at = ratio, step
     val_jump, val_epoch = math.nan, 0
     for record in history:
         train, val = _total(record, "train"), record.get("val/box_loss")
@@ -164,7 +166,10 @@ def loss_jumps(history: Sequence[Mapping[str, float]], steps: Sequence[Mapping[s
             val_jump, val_epoch = ratio, int(record["epoch"])
     if math.isnan(jump) and math.isnan(val_jump):
         return None
-    evidence = {k: v for k, v in {"batch_jump": jump, "val_over_train": val_jump}.items() if math.isfinite(v)}
+    evidence = {"batch_jump": jump, "batch_jump_step": float(at)} if not math.isnan(jump) else {}
+    if not math.isnan(val_jump):  # an infinite ratio (zero or non-finite val loss) is left out: JSON has no inf
+        evidence.update({"val_epoch": float(val_epoch)} | ({"val_over_train": val_jump} if math.isfinite(val_jump)
+                                                           else {}))
     parts = []
     if jump > JUMP_RATIO:
         parts.append(f"a batch loss {_g(jump)}x its running median at step {at} (limit {JUMP_RATIO:g}x)")
@@ -194,7 +199,7 @@ def slow_progress(history: Sequence[Mapping[str, float]], steps: Sequence[Mappin
     if len(losses) < SLOW_MIN_EPOCHS or losses[0] <= 0:
         return None
     drop = (losses[0] - min(losses[1:])) / losses[0] / (len(losses) - 1)
-    text = f"train loss -{drop:.1%}/epoch over epochs 1-{len(losses)} (limit {SLOW_DROP:.0%})"
+    text = f"train loss {-drop:+.1%}/epoch over epochs 1-{len(losses)} (limit -{SLOW_DROP:.0%})"
     lr0, reference = _lr0(ctx), ctx.get("reference_lr0")
     low = _finite(lr0) and _finite(reference) and lr0 < reference
     if drop >= SLOW_DROP or not low:

@@ -49,7 +49,7 @@ def test_the_healthy_run_says_so_with_the_numbers_it_checked() -> None:
     (found,) = run("healthy")
     assert found.rule == "healthy" and found.change is None
     for text in ("1.47x its running median (limit 2x)", "val loss <= 1.09e+03x train loss (limit 1e+06x)",
-                 "train loss -14.4%/epoch over epochs 1-4 (limit 6%)", "1.01x its value at its end (limit 1.5x)",
+                 "train loss -14.4%/epoch over epochs 1-4 (limit -6%)", "1.01x its value at its end (limit 1.5x)",
                  "0% above its lowest (epoch 30; limit 10%)", "mAP50-95 -0.1% of its best/epoch over the last 3"):
         assert text in found.message, found.message
     assert set(found.evidence) == {"loss_jumps", "slow_progress", "warmup_spike", "overfitting",
@@ -173,6 +173,8 @@ def test_batch_loss_jumps_fire_with_the_step_and_ratio() -> None:
     (found,) = diagnose(epochs([9.0, 8.0]), steps_of(losses), config_summary={**CTX, "lr0": 0.09})
     assert found.rule == "loss_jumps" and found.change == {"lr0": 0.03}
     assert "a batch loss 3x its running median at step 30 (limit 2x)" in found.message
+    assert found.evidence == {"batch_jump": 3.0, "batch_jump_step": 30.0, "val_epoch": 2.0,  # 3 / 8
+                              "val_over_train": 0.375}
     quiet = diagnose(epochs([9.0, 8.0]), steps_of([5.0] * 40), config_summary=CTX)
     assert quiet[0].rule == "healthy"
 
