@@ -577,9 +577,17 @@ def _advice_lines(data: StudyData, best: TrialData | None) -> list[str]:
     others = [t for t in ranked + [t for t in data.trials if t not in ranked] if t.advice and t not in (best, base)]
     if others:
         lines += ["Other trials:", ""]
-        lines += [f"- `{t.trial_id}` ({t.status}): " + ", ".join(str(a["rule"]) for a in t.advice) for t in others]
+        lines += [f"- `{t.trial_id}` ({t.status}): " + ", ".join(map(_rule_text, t.advice)) for t in others]
         lines.append("")
     return lines
+
+
+def _rule_text(advice: Mapping[str, Any]) -> str:
+    """``slow_progress (lr0 0.001)``: a rule with its suggested change, when advice.json has one."""
+    change = advice.get("change")
+    settings = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in change.items()) \
+        if isinstance(change, dict) else ""
+    return f"{advice['rule']} ({settings})" if settings else str(advice["rule"])
 
 
 def _compute_lines(data: StudyData) -> list[str]:

@@ -315,7 +315,7 @@ def test_the_study_report_has_an_advice_section(tmp_path: Path) -> None:
     section = text[text.index("## Advice"):text.index("## Trials")]
     assert "Best trial `ab123_00001` (completed):" in section and told["ab123_00001"][0]["message"] in section
     assert "Baseline `ab123_00000` (completed):" in section and "- healthy: batch loss <= 1.47x" in section
-    assert "- `ab123_00002` (stopped): slow_progress" in section and len(TRIALS) == 5
+    assert "- `ab123_00002` (stopped): slow_progress (lr0 0.001)" in section and len(TRIALS) == 5
     (out / "trials" / "ab123_00001" / "advice.json").unlink()
     (out / "trials" / "ab123_00000" / "advice.json").unlink()
     (out / "trials" / "ab123_00002" / "advice.json").write_text("not json")
