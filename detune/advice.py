@@ -194,18 +194,19 @@ def slow_progress(history: Sequence[Mapping[str, float]], steps: Sequence[Mappin
                   ctx: Mapping[str, Any]) -> Check | None:
     """The train loss falls less than ``SLOW_DROP`` per epoch over the first epochs while lr0 is below
     Ultralytics' default -> raise lr0 halfway (in log scale) to that default."""
-    losses = [_total(h, "train") for h in history[:SLOW_EPOCHS]]
-    losses = [x for x in losses if _finite(x)]
+    first = [(int(h["epoch"]), _total(h, "train")) for h in history[:SLOW_EPOCHS]]
+    losses = [x for _, x in first if _finite(x)]
     if len(losses) < SLOW_MIN_EPOCHS or losses[0] <= 0:
         return None
     drop = (losses[0] - min(losses[1:])) / losses[0] / (len(losses) - 1)
-    text = f"train loss {-drop:+.1%}/epoch over epochs 1-{len(losses)} (limit -{SLOW_DROP:.0%})"
+    span = f"epochs {first[0][0]}-{first[-1][0]}"  # a resumed run starts later than epoch 1
+    text = f"train loss {-drop:+.1%}/epoch over {span} (limit -{SLOW_DROP:.0%})"
     lr0, reference = _lr0(ctx), ctx.get("reference_lr0")
     low = _finite(lr0) and _finite(reference) and lr0 < reference
     if drop >= SLOW_DROP or not low:
         return Check("slow_progress", drop, SLOW_DROP, text)
     raised = _round(math.sqrt(lr0 * reference))
-    msg = (f"the train loss falls slowly: {drop:.1%} per epoch over epochs 1-{len(losses)} ({_g(losses[0])} -> "
+    msg = (f"the train loss falls slowly: {drop:.1%} per epoch over {span} ({_g(losses[0])} -> "
            f"{_g(min(losses[1:]))}; limit {SLOW_DROP:.0%}) at lr0 {_g(lr0)}, below Ultralytics' default "
            f"{_g(reference)} -> raise lr0 to {_g(raised)}")
     evidence = {"drop_per_epoch": drop, "first_loss": losses[0], "lowest_loss": min(losses[1:]), "lr0": lr0}

@@ -83,9 +83,14 @@ def advice_context(result: RunOutcome) -> dict[str, Any]:
 
 def diagnose(result: RunOutcome) -> list[dict[str, Any]]:
     """``detune.advice.diagnose`` over ``result``, as plain dicts; also written to ``save_dir/advice.json``
-    (what a study report reads for each trial), when there is a save_dir."""
-    advice = [a.to_dict() for a in advice_mod.diagnose(result.history, result.steps,
-                                                       config_summary=advice_context(result))]
+    (what a study report reads for each trial), when there is a save_dir. A failing rule never costs the
+    run its result: the advice is then one ``undiagnosed`` entry naming the error."""
+    try:
+        advice = [a.to_dict() for a in advice_mod.diagnose(result.history, result.steps,
+                                                           config_summary=advice_context(result))]
+    except Exception as e:  # noqa: BLE001 - the training's results matter more than its diagnosis
+        log.warning("training-health advice failed: %s: %s", type(e).__name__, e)
+        advice = [advice_mod.Advice("undiagnosed", f"the advisor failed: {type(e).__name__}: {e}").to_dict()]
     if result.save_dir is not None and result.save_dir.is_dir():
         try:
             atomic_write(result.save_dir / ADVICE_FILE, json.dumps(advice, indent=1) + "\n")

@@ -192,6 +192,24 @@ def check_on(rule: str, history: list[dict[str, float]], steps: list[dict[str, f
     return found
 
 
+def test_a_resumed_run_names_its_own_epochs() -> None:
+    history = [{**h, "epoch": h["epoch"] + 4} for h in epochs([10.0, 9.9, 9.8, 9.7])]
+    found = check_on("slow_progress", history, [], {**CTX, "lr0": 1e-4}).advice
+    assert found is not None and "1.0% per epoch over epochs 5-8" in found.message
+
+
+def test_a_failing_rule_never_costs_the_training_its_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    from detune.adapters.base import RunOutcome
+    from detune.training import diagnose as diagnose_result
+
+    def broken(*_: Any) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setitem(advice.RULES, "overfitting", broken)
+    (found,) = diagnose_result(RunOutcome("completed", epochs([9.0, 8.0, 7.0])))
+    assert found["rule"] == "undiagnosed" and found["message"] == "the advisor failed: ZeroDivisionError: boom"
+
+
 def test_slow_progress_needs_three_epochs_and_a_low_lr() -> None:
     flat = epochs([10.0, 9.9, 9.8, 9.7])
     low = {**CTX, "lr0": 1e-4}
