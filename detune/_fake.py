@@ -9,7 +9,8 @@ the machine is).
 
 A probe run (the LR range test): the batch loss at lr is ``curve(lr)``; a non-finite loss ends it
 ``diverged`` (as the adapter's guard does), a probe asking to stop ends it ``stopped``.
-``Fake(...)`` makes a trainer with another curve or batch count that records the configs it ran.
+``Fake(...)`` makes a trainer with another curve or batch count that records the configs it ran. An exception
+out of an observer's ``on_epoch`` (Ray stopping a trial) leaves with the curves so far, as in the adapter.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from detune.adapters.base import STATE_FILE, Probe, RunOutcome
+from detune.adapters.base import STATE_FILE, Probe, RunOutcome, attach_partial
 from detune.config import TrainConfig
 
 __all__ = ["STEPS_PER_EPOCH", "Fake", "fit", "score", "u_curve"]
@@ -125,7 +126,11 @@ def _train(cfg: TrainConfig, *, observer: Any = None, resume_from: Path | None =
         (weights / "last.pt").write_text(json.dumps({"epoch": epoch, "lr0": cfg.lr0}))
         (weights / STATE_FILE).write_text(json.dumps({"step": (epoch + 1) * STEPS_PER_EPOCH, "epoch": epoch}))
         if observer is not None and hasattr(observer, "on_epoch"):
-            observer.on_epoch(dict(record), weights)
+            try:
+                observer.on_epoch(dict(record), weights)
+            except BaseException as e:  # Ray's SystemExit for a stopped trial: the curves go with it, as the adapter
+                attach_partial(e, RunOutcome("stopped", history, save_dir, {}, steps, info, reason=type(e).__name__))
+                raise
         while os.environ.get("DETUNE_FAKE_HOLD") and os.path.exists(os.environ["DETUNE_FAKE_HOLD"]):
             time.sleep(0.05)
     if cfg.score_test:  # the held-out score sits a little below the last val score, as it tends to

@@ -357,6 +357,7 @@ def train_summary(result: Any, log: Path | None) -> Summary:
              f"mAP50: {best.get('metrics/mAP50', math.nan):.4f}  "
              f"mAP50-95: {best.get('metrics/mAP50-95', math.nan):.4f}",
              f"lr0: {result.info.get('effective_lr0')}  scheduler: {result.config.get('scheduler')}",
+             *(f"advice: {a['message']}" for a in result.info.get("advice") or []),
              f"results: {result.save_dir}"]
     if result.info.get("test"):
         test = result.info["test"]
@@ -376,7 +377,8 @@ def train_summary(result: Any, log: Path | None) -> Summary:
         lines.append(f"log: {log}")
     return {"status": result.status, "reason": result.reason, "best_epoch": result.best_epoch, "best": best,
             "history": result.history, "config": result.config, "save_dir": result.save_dir,
-            "run_id": result.run_id, "log": log, "dropped_images": dropped}, lines
+            "run_id": result.run_id, "log": log, "dropped_images": dropped,
+            "advice": result.info.get("advice") or []}, lines
 
 
 def tune_summary(result: Any, study: Any, *, report: Path | None, log: Path | None, elapsed: float,

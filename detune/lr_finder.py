@@ -324,7 +324,12 @@ def fallback_lr0(cfg: TrainConfig) -> float:
     """The lr0 of an ``lr0="auto"`` the finder could not resolve: Ultralytics' documented default, 0.01 for
     SGD-family optimizers (SGD, MuSGD) and 0.001 for adaptive ones (Adam, Adamax, AdamW, NAdam, RAdam,
     RMSProp); ``lr_scaling`` applies to it as to any configured lr0."""
-    return 0.001 if cfg.optimizer in _ADAPTIVE else 0.01
+    return default_lr0(cfg.optimizer)
+
+
+def default_lr0(optimizer: str) -> float:
+    """Ultralytics' documented lr0 for ``optimizer``: 0.001 for the adaptive ones, else 0.01."""
+    return 0.001 if optimizer in _ADAPTIVE else 0.01
 
 
 # ---- MLflow --------------------------------------------------------------------------------------------

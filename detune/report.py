@@ -3,8 +3,10 @@
 ``build_report`` reads what a study left behind without importing Ray: ``trials.csv`` and ``best.yaml`` in
 ``output_dir``, and Ray's per-trial ``result.json`` (one JSON line per reported epoch) and ``params.json``
 under ``output_dir/ray/<name>/``; Ultralytics' ``results.csv`` in ``output_dir/trials/<trial_id>/`` is the
-fallback for per-epoch curves. An MLflow experiment is read through its study run (``detune.kind=study``)
-and the child run of every trial (per-epoch metrics and ``lr_step/pg0`` per optimizer step).
+fallback for per-epoch curves, and ``advice.json`` there the trial's training-health advice. An MLflow
+experiment is read through its study run (``detune.kind=study``) and the child run of every trial
+(per-epoch metrics, ``lr_step/pg0`` per optimizer step, the advice in tags ``detune.advice`` and
+``mlflow.note.content``).
 
 Example:
     >>> from detune.report import build_report
@@ -44,7 +46,7 @@ class TrialData:
     ``history`` has one record per epoch (``epoch`` from 1, the study metric, ``lr/pg0``); ``lr_curve`` is
     ``(x, lr)`` with x in optimizer steps when ``lr_unit == "step"`` (MLflow ``lr_step/pg0``), else epochs.
     ``config`` holds the trial's effective lr0 and scheduler (for the baseline check); ``seconds`` the
-    trial's wall time when known.
+    trial's wall time when known; ``advice`` its training-health advice (``rule`` and ``message`` dicts).
     """
 
     trial_id: str
@@ -58,6 +60,7 @@ class TrialData:
     lr_unit: str = "epoch"
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     seconds: float | None = None
+    advice: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -219,7 +222,15 @@ def _trial_from_row(row: Mapping[str, str], out: Path, ray_results: Mapping[str,
                      epochs_run=int(v) if is_number(v := _float(row.get("epochs_run"))) else 0,
                      reason=row.get("reason") or "", history=history,
                      lr_curve=[(h["epoch"], h["lr/pg0"]) for h in history if is_number(h.get("lr/pg0"))],
-                     config=_effective(base, params), seconds=max(times) if times else None)
+                     config=_effective(base, params), seconds=max(times) if times else None,
+                     advice=_read_advice(out / "trials" / trial_id / "advice.json"))
+
+
+def _read_advice(path: Path) -> list[dict[str, Any]]:
+    """A trial's advice.json (written by ``detune.training.diagnose``); [] when absent or unreadable."""
+    found = _read_json(path)
+    return [a for a in found if isinstance(a, dict) and "rule" in a and "message" in a] \
+        if isinstance(found, list) else []
 
 
 def _history_from_ray(rows: Sequence[Mapping[str, Any]], metric: str) -> list[dict[str, float]]:
@@ -308,7 +319,16 @@ def _trial_from_run(run: Mapping[str, Any], metric: str, mode: str, keys: Sequen
         lr_curve=[(float(step), value) for step, value in steps]
         or [(h["epoch"], h["lr/pg0"]) for h in history if is_number(h["lr/pg0"])],
         lr_unit="step" if steps else "epoch", seconds=run["seconds"],
-        config={"lr0": _float(params.get("lr0")), "scheduler": params.get("scheduler", "linear")})
+        config={"lr0": _float(params.get("lr0")), "scheduler": params.get("scheduler", "linear")},
+        advice=_advice_from_tags(tags))
+
+
+def _advice_from_tags(tags: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The advice a trial's run was tagged with (``detune.tracking.advice_tags``): rule names from
+    ``detune.advice``, messages from the note's ``- `` lines, in the same order."""
+    rules = [r for r in tags.get("detune.advice", "").split(",") if r]
+    messages = [line[2:] for line in tags.get("mlflow.note.content", "").splitlines() if line.startswith("- ")]
+    return [{"rule": r, "message": messages[i] if i < len(messages) else r} for i, r in enumerate(rules)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -477,6 +497,7 @@ def markdown(data: StudyData, *, top: int = 5, problems: Sequence[str] = ()) -> 
     if isinstance(data.confirm, dict):
         lines += _confirm_lines(data.confirm, data.metric)
     lines += _compute_lines(data)
+    lines += _advice_lines(data, best)
     lines += ["## Trials", "", "| rank | trial | status | " + data.metric + " | epochs | params | note |",
               "|---:|---|---|---:|---:|---|---|"]
     order = ranked + [t for t in data.trials if t not in ranked]
@@ -539,6 +560,34 @@ def _confirm_lines(confirm: Mapping[str, Any], metric: str) -> list[str]:
                    "baseline")
         lines += ["", f"best.yaml: trial `{best.get('trial_id')}`, {verdict}."]
     return [*lines, ""]
+
+
+def _advice_lines(data: StudyData, best: TrialData | None) -> list[str]:
+    """The training-health advice: every message of the best trial and the baseline, the rule names of the
+    others (their messages are in each trial's advice.json and MLflow run note)."""
+    if not any(t.advice for t in data.trials):
+        return []
+    lines = ["## Advice", ""]
+    base = baseline_trial(data)
+    shown = [(t, label) for t, label in ((best, "best trial"), (base, "baseline")) if t is not None and t.advice]
+    for t, label in shown if best is not base else shown[:1]:
+        lines += [f"{label.capitalize()} `{t.trial_id}` ({t.status}):", ""]
+        lines += [f"- {a['message']}" for a in t.advice] + [""]
+    ranked = data.ranked()
+    others = [t for t in ranked + [t for t in data.trials if t not in ranked] if t.advice and t not in (best, base)]
+    if others:
+        lines += ["Other trials:", ""]
+        lines += [f"- `{t.trial_id}` ({t.status}): " + ", ".join(map(_rule_text, t.advice)) for t in others]
+        lines.append("")
+    return lines
+
+
+def _rule_text(advice: Mapping[str, Any]) -> str:
+    """``slow_progress (lr0 0.001)``: a rule with its suggested change, when advice.json has one."""
+    change = advice.get("change")
+    settings = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in change.items()) \
+        if isinstance(change, dict) else ""
+    return f"{advice['rule']} ({settings})" if settings else str(advice["rule"])
 
 
 def _compute_lines(data: StudyData) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -11,25 +12,27 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from detune import advice as advice_mod
 from detune import tracking as tracking_mod
 from detune._lr_suggest import DEFAULT_METHOD, FinderSettings
-from detune._paths import writable_dir
+from detune._paths import atomic_write, writable_dir
 from detune.adapters import ultralytics as adapter
-from detune.adapters.base import Fanout, Fit, RunOutcome
+from detune.adapters.base import Fanout, Fit, RunOutcome, partial_outcome
 from detune.config import DetuneWarning, TrainConfig, load_config, lr_plan, optimizer_steps, schedule_kwargs
 from detune.datasets import PreparedData, prepare_data, resolve_data
 from detune.errors import ConfigError
-from detune.lr_finder import PLOT_NAME, LRFinderResult, fallback_lr0, range_test
+from detune.lr_finder import PLOT_NAME, LRFinderResult, default_lr0, fallback_lr0, range_test
 from detune.tracking_config import resolve_tracking
 
 if TYPE_CHECKING:
     from detune.tracking_config import TrackingConfig
 
-__all__ = ["CANONICAL_KEYS", "TrainResult", "finder_info", "optimizer_steps", "resolve_auto_lr0", "resolved_config",
-           "run", "train"]
+__all__ = ["ADVICE_FILE", "CANONICAL_KEYS", "TrainResult", "advice_context", "diagnose", "finder_info",
+           "optimizer_steps", "resolve_auto_lr0", "resolved_config", "run", "train"]
 
 log = logging.getLogger("detune")
 
+ADVICE_FILE = "advice.json"  # the training-health advice, in the run folder (save_dir)
 CANONICAL_KEYS = (
     "epoch", "train/box_loss", "train/cls_loss", "train/dfl_loss", "val/box_loss", "val/cls_loss", "val/dfl_loss",
     "metrics/precision", "metrics/recall", "metrics/mAP50", "metrics/mAP50-95", "fitness", "lr/pg0", "lr/pg1",
@@ -44,8 +47,12 @@ class TrainResult(RunOutcome):
     ``history`` holds one dict per epoch with ``CANONICAL_KEYS`` (epochs numbered from 1, as in
     Ultralytics' results.csv); ``lr/pgN`` is the lr in effect at the last optimizer step of that epoch
     (pg0 weights with decay, pg1 norm weights, pg2 biases), NaN for an epoch without an optimizer step
-    (fewer batches than ``accumulate``). ``steps`` holds the lr of every param group at every optimizer
-    step. ``info["dropped_images"]`` lists the images Ultralytics skipped because they cannot be read.
+    (fewer batches than ``accumulate``). ``steps`` holds, for every optimizer step, ``step`` (from 0),
+    ``epoch`` (from 0), the lr of every param group (``lr/pgN``), ``loss`` (the mean batch loss, box + cls +
+    dfl per image, over the batches that step accumulated) and ``loss_smooth`` (the divergence guard's
+    bias-corrected EMA of the batch loss). ``info["dropped_images"]`` lists the images Ultralytics skipped
+    because they cannot be read; ``info["advice"]`` the training-health advice (``detune.advice``, as dicts,
+    also in ``save_dir/advice.json``).
     ``status`` is ``completed``, ``diverged`` (``reason`` says where and why) or ``failed`` (``reason``
     holds the error); the history up to that point is kept either way.
     """
@@ -62,6 +69,45 @@ class TrainResult(RunOutcome):
         """Metrics of the best epoch (highest fitness), or {} when no epoch finished."""
         epoch = self.best_epoch
         return next((dict(h) for h in self.history if h["epoch"] == epoch), {})
+
+
+def advice_context(result: RunOutcome) -> dict[str, Any]:
+    """What ``detune.advice.diagnose`` needs beyond the curves: the run's settings (``result.config``, as
+    ``resolved_config`` writes it), the trainer's step counts (``result.info``), its status and reason."""
+    cfg, info = result.config, result.info
+    return {"lr0": info.get("effective_lr0", cfg.get("lr0")), "reference_lr0": default_lr0(str(cfg.get("optimizer"))),
+            "optimizer": cfg.get("optimizer"), "scheduler": cfg.get("scheduler"), "epochs": cfg.get("epochs"),
+            "warmup_epochs": cfg.get("warmup_epochs"), "warmup_steps": info.get("warmup_steps"),
+            "steps_per_epoch": info.get("steps_per_epoch"), "status": result.status, "reason": result.reason}
+
+
+def diagnose(result: RunOutcome) -> list[dict[str, Any]]:
+    """``detune.advice.diagnose`` over ``result``, as plain dicts; also written to ``save_dir/advice.json``
+    (what a study report reads for each trial), when there is a save_dir. A failing rule never costs the
+    run its result: the advice is then one ``undiagnosed`` entry naming the error."""
+    try:
+        advice = [a.to_dict() for a in advice_mod.diagnose(result.history, result.steps,
+                                                           config_summary=advice_context(result))]
+    except Exception as e:  # noqa: BLE001 - the training's results matter more than its diagnosis
+        log.warning("training-health advice failed: %s: %s", type(e).__name__, e)
+        advice = [advice_mod.Advice("undiagnosed", f"the advisor failed: {type(e).__name__}: {e}").to_dict()]
+    if result.save_dir is not None and result.save_dir.is_dir():
+        try:
+            atomic_write(result.save_dir / ADVICE_FILE, json.dumps(advice, indent=1) + "\n")
+        except OSError as e:  # a full disk never loses the run: the advice stays in result.info
+            log.warning("could not write %s: %s", result.save_dir / ADVICE_FILE, e)
+    return advice
+
+
+def _diagnose_partial(cfg: TrainConfig, error: BaseException) -> list[dict[str, Any]] | None:
+    """The advice on the epochs a run made before ``error`` ended it from outside (a trial its scheduler
+    stopped: Ray's SystemExit), or None when the trainer left no curves on the exception."""
+    partial = partial_outcome(error)
+    if partial is None:
+        return None
+    partial.config = resolved_config(cfg)
+    partial.info = {**partial.info, "effective_lr0": cfg.effective_lr0}
+    return diagnose(partial)
 
 
 def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -150,8 +196,9 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
         outcome = (fit or adapter.fit)(cfg, data.yaml, observer=Fanout([logger, *observers]),
                                        resume_from=resume_from)
     except BaseException as e:  # KeyboardInterrupt -> KILLED, setup errors -> FAILED; then re-raised
+        advice = _diagnose_partial(cfg, e)
         if logger is not None:
-            logger.abort(e)
+            logger.abort(e, advice=advice)
         raise
     fields = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(RunOutcome)}
     result = TrainResult(**{**fields, "config": resolved_config(cfg),
@@ -164,6 +211,7 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
     if finder is not None:
         result.info["lr_finder"] = finder_info(finder, result.save_dir)
     _plot_schedule(cfg, result)
+    result.info["advice"] = diagnose(result)
     if clamped:
         result.info["warmup_clamped"] = clamped
     if logger is not None:

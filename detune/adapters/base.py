@@ -16,8 +16,8 @@ from typing import Any, Literal, Protocol
 
 from detune.errors import AdapterError
 
-__all__ = ["STATE_FILE", "STATUSES", "Fanout", "Fit", "Observer", "Probe", "RunOutcome", "Status", "read_state",
-           "sha256", "trusted_state"]
+__all__ = ["STATE_FILE", "STATUSES", "Fanout", "Fit", "Observer", "Probe", "RunOutcome", "Status", "attach_partial",
+           "partial_outcome", "read_state", "sha256", "trusted_state"]
 
 STATE_FILE = "detune_state.json"  # written beside last.pt: optimizer-step counter, epoch, checksum, plateau state
 
@@ -47,7 +47,9 @@ class Probe(Protocol):
 @dataclasses.dataclass
 class RunOutcome:
     """Plain-data result of one ``fit``: no framework objects. ``history`` holds one dict per epoch,
-    ``steps`` one entry per optimizer step (step, epoch, lr/pgN); ``config`` the settings the run used
+    ``steps`` one entry per optimizer step (step, epoch from 0, lr/pgN, and where the trainer measures it
+    ``loss``: the mean batch loss over the batches the step accumulated, ``loss_smooth``: the divergence
+    guard's bias-corrected EMA of the batch loss after them); ``config`` the settings the run used
     (filled in by ``detune.train``; a trainer may leave it empty)."""
 
     status: Status
@@ -58,6 +60,18 @@ class RunOutcome:
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     reason: str | None = None
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def attach_partial(error: BaseException, outcome: RunOutcome) -> None:
+    """Give an exception that ends training from outside (Ray's SystemExit for a trial its scheduler stopped,
+    Ctrl-C) the curves recorded so far, status ``stopped``, so the caller can still diagnose them."""
+    error.detune_outcome = outcome  # type: ignore[attr-defined]
+
+
+def partial_outcome(error: BaseException) -> RunOutcome | None:
+    """The outcome ``attach_partial`` gave ``error``, or None."""
+    found = getattr(error, "detune_outcome", None)
+    return found if isinstance(found, RunOutcome) else None
 
 
 class Fit(Protocol):

@@ -18,7 +18,7 @@ from typing import Any
 
 from detune import _runtime
 from detune._lr_suggest import LossSmoother, StopRule
-from detune.adapters.base import STATE_FILE, Observer, Probe, RunOutcome, sha256, trusted_state
+from detune.adapters.base import STATE_FILE, Observer, Probe, RunOutcome, attach_partial, sha256, trusted_state
 from detune.config import TrainConfig, lr_plan
 from detune.errors import AdapterError, ConfigError
 
@@ -106,6 +106,8 @@ class _Control:
         self.smoother = LossSmoother(GUARD_SMOOTHING)
         self.guard: StopRule | None = None
         self.batches = 0
+        self.batch_losses: list[float] = []  # batch losses since the last optimizer step
+        self.stepped = False  # this batch ended with an optimizer step: its record takes the loss
         self.mults: list[float] = []  # per param group lr factor, fixed when the optimizer is built
 
     def call(self, name: str, *args: Any) -> None:
@@ -152,6 +154,7 @@ class _Control:
         self.steps.append({"step": step, "epoch": epoch, **{f"lr/pg{i}": lr for i, lr in enumerate(lrs)}})
         self.call("on_step", step, epoch, lrs)
         self.step += 1
+        self.stepped = True
 
     # ---- divergence guard -------------------------------------------------------------------------
     def check_finite(self, trainer: Any) -> None:
@@ -166,11 +169,17 @@ class _Control:
                 raise ProbeDone
             return
         self.check_finite(trainer)
-        if not self.cfg.divergence_factor or trainer.loss is None or self.guard is None:
+        if trainer.loss is None:
             return
         value = float(trainer.loss.detach().sum()) / max(trainer.batch_size, 1)
-        reason = self.guard.check(self.batches, value, self.smoother.update(value),
-                                  where=f"epoch {trainer.epoch + 1}, step {self.step}")
+        smoothed = self.smoother.update(value)
+        self.batch_losses.append(value)
+        if self.stepped and self.steps:  # the step's loss: the mean over the batches it accumulated
+            self.steps[-1].update(loss=sum(self.batch_losses) / len(self.batch_losses), loss_smooth=smoothed)
+            self.batch_losses, self.stepped = [], False
+        if not self.cfg.divergence_factor or self.guard is None:
+            return
+        reason = self.guard.check(self.batches, value, smoothed, where=f"epoch {trainer.epoch + 1}, step {self.step}")
         self.batches += 1
         if reason is not None:
             raise Diverged(reason)
@@ -321,6 +330,11 @@ def fit(cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from:
         status = "stopped"
     except Exception as e:  # noqa: BLE001 - any training failure becomes a failed outcome with its reason
         status, reason = "failed", f"{type(e).__name__}: {e}"
+    except BaseException as e:  # Ray's SystemExit for a stopped trial, Ctrl-C: re-raised with the curves so far
+        save_dir = getattr(model.trainer, "save_dir", None)
+        attach_partial(e, RunOutcome(status="stopped", history=ctl.history, steps=ctl.steps, info=ctl.info,
+                                     save_dir=Path(save_dir) if save_dir else None, reason=type(e).__name__))
+        raise
     trainer = model.trainer
     _close_loaders(trainer)
     save_dir = Path(trainer.save_dir) if trainer is not None and getattr(trainer, "save_dir", None) else None

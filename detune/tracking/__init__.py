@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from detune.tracking._runs import RunLogger, flush_unlogged, open_training_run, write_config
+from detune.tracking._runs import RunLogger, advice_tags, flush_unlogged, open_training_run, write_config
 from detune.tracking._sender import _open_run as _open_run  # noqa: F401 - tests open runs directly
 from detune.tracking._sender import default_tags, flatten_params, training_params
 from detune.tracking._store import (
@@ -45,7 +45,7 @@ from detune.tracking._study import (
 from detune.tracking_config import TrackingConfig, clip, local_path, redact
 
 __all__ = [
-    "PROBE_TIMEOUT", "RunLogger", "TrackingConfig", "UNLOGGED_FILE", "check_reachable", "clip",
+    "PROBE_TIMEOUT", "RunLogger", "TrackingConfig", "UNLOGGED_FILE", "advice_tags", "check_reachable", "clip",
     "close_stopped_trial", "default_tags", "find_experiment_id", "find_trial_run", "finish_run", "flatten_params",
     "flush_unlogged", "list_experiments", "local_path", "open_training_run", "prepare_store", "read_study_runs",
     "redact", "sanitize_key", "start_study_run", "sync_trial_runs", "training_params", "write_config",

@@ -72,7 +72,9 @@ class RunLogger(_Sender):
         a ``TrainResult``, with the run's settings in ``config``); return ``report()``.
 
         Status: completed -> FINISHED; diverged -> FINISHED with tags ``detune.status=diverged`` and
-        ``detune.reason``; failed -> FAILED with ``detune.reason``. Artifacts: ``weights/best.pt``,
+        ``detune.reason``; failed -> FAILED with ``detune.reason``. The training-health advice
+        (``result.info["advice"]``) goes to tags ``detune.advice`` and ``mlflow.note.content`` (``advice_tags``).
+        Artifacts: ``weights/best.pt``,
         ``results.csv``, ``lr_schedule.png``, ``config.yaml`` (re-runnable), Ultralytics' ``plots/*.png``,
         then ``artifacts`` (files or folders).
         """
@@ -80,6 +82,7 @@ class RunLogger(_Sender):
         self._failures, self._next_try = 0, 0.0  # the store may be back: restart the backoff at 1 s
         self.save_dir = result.save_dir or self.save_dir
         self._tags["detune.status"] = result.status
+        self._tags.update(_clean_tags(advice_tags(result.info.get("advice"))))
         if result.reason:
             self._tags["detune.reason"] = result.reason[:_MAX_TAG_VALUE]
         self._flush(deadline)
@@ -87,9 +90,11 @@ class RunLogger(_Sender):
         missed = [str(path) for path, dest in files if not self._upload(path, dest, deadline)]
         return self._close(_mlflow_status(result.status), deadline, missed)
 
-    def abort(self, error: BaseException) -> dict[str, Any]:
+    def abort(self, error: BaseException, *, advice: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
         """End the run after an exception escaped training: KILLED for KeyboardInterrupt, FINISHED with
-        ``detune.status=stopped`` for the SystemExit Ray raises in a trial its scheduler stopped, else FAILED."""
+        ``detune.status=stopped`` for the SystemExit Ray raises in a trial its scheduler stopped, else FAILED.
+        ``advice``: the diagnosis of the epochs it ran, tagged as ``finish`` does."""
+        self._tags.update(_clean_tags(advice_tags(advice)))
         if isinstance(error, SystemExit):
             self._tags.update({"detune.status": "stopped", "detune.reason": "stopped early by the trial scheduler"})
             deadline = time.monotonic() + min(self.cfg.flush_timeout, 5.0)
@@ -118,6 +123,16 @@ class RunLogger(_Sender):
         config_dir = folder or Path(tempfile.mkdtemp(prefix="detune-config-"))
         files.append((write_config(result.config, config_dir / "config.yaml"), None))
         return files + [(Path(p), None) for p in extra]
+
+
+def advice_tags(advice: Sequence[Mapping[str, Any]] | None) -> dict[str, str]:
+    """The training-health advice as MLflow tags: ``detune.advice`` (the rule names, comma-separated) and
+    ``mlflow.note.content`` (the run's description in the MLflow UI: one line per message). {} for None."""
+    if not advice:
+        return {}
+    note = "\n".join(f"- {a['message']}" for a in advice)
+    return {"detune.advice": ",".join(str(a["rule"]) for a in advice),
+            "mlflow.note.content": f"Training-health advice (detune):\n{note}"}
 
 
 def write_config(config: Mapping[str, Any], path: Path) -> Path:
