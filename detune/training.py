@@ -190,7 +190,7 @@ def resolve_auto_lr0(cfg: TrainConfig, *, tracking: TrackingConfig | None = None
     if lr is None:
         fallback = fallback_lr0(cfg)
         warnings.warn(f"lr0 ('auto'): the LR finder gave no {method} suggestion ({result.reason}); training at "
-                      f"lr0 {fallback:g} instead, Ultralytics' default for {cfg.optimizer} (set lr0 to a "
+                      f"lr0 {fallback:g} instead, the default for {cfg.optimizer} (set lr0 to a "
                       "number to choose it yourself)", DetuneWarning, stacklevel=2)
         return cfg.replace(lr0=fallback), result
     scale = cfg.replace(lr0=lr).effective_lr0 / lr
