@@ -15,18 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from detune.config import default_lr0
 from detune.errors import ConfigError
 
 DERIVED_KEYS = ("lr0_scale", "one_minus_momentum")
-# Ultralytics' documented lr0 defaults (default.yaml: "SGD=1E-2, Adam=1E-3"), as detune.lr_finder.fallback_lr0
-_SGD_LR0, _ADAPTIVE_LR0 = 0.01, 0.001
-
-
-def family_lr0(optimizer: str) -> float:
-    """Ultralytics' default lr0 of an optimizer's family: 0.001 for adaptive ones (Adam, AdamW, ...), else 0.01."""
-    from detune.lr_finder import _ADAPTIVE  # light module; one list of adaptive optimizers in detune
-
-    return _ADAPTIVE_LR0 if optimizer in _ADAPTIVE else _SGD_LR0
 
 
 def baseline_values(train: Mapping[str, Any]) -> dict[str, Any]:
@@ -48,4 +40,4 @@ def apply_derived(out: MutableMapping[str, Any], base: Mapping[str, Any]) -> Non
                               "resolves lr0: auto with the LR finder before the trials start (set train.lr0 to a "
                               "number to search around it yourself)")
         base_opt, trial_opt = str(base.get("optimizer", "SGD")), str(out.get("optimizer", "SGD"))
-        out["lr0"] = centre * family_lr0(trial_opt) / family_lr0(base_opt) * scale
+        out["lr0"] = centre * default_lr0(trial_opt) / default_lr0(base_opt) * scale

@@ -20,16 +20,30 @@ from detune.errors import ConfigError, did_you_mean
 
 __all__ = ["DetuneWarning", "FIELDS", "INTERVALS", "LR_MULT_PARTS", "LR_SCALINGS", "MAX_BATCH", "MAX_CONFIG_BYTES",
            "MAX_DIVERGENCE_FACTOR", "MAX_EPOCHS", "MAX_IMGSZ", "MAX_LR", "MAX_LR_MULT", "MAX_SEED", "MAX_THREADS",
-           "NOMINAL_BATCH", "OPTIMIZERS", "TrainConfig", "WARMUP_EPOCHS", "from_dict", "load_config", "lr_plan",
-           "optimizer_steps", "parse_device", "parse_overrides", "read_yaml", "resolve_schedule_name",
-           "schedule_kwargs", "ultralytics_train_keys"]
+           "NOMINAL_BATCH", "OPTIMIZERS", "TORCH_OPTIMIZERS", "TrainConfig", "WARMUP_EPOCHS", "default_lr0",
+           "from_dict", "load_config", "lr_plan", "optimizer_steps", "parse_device", "parse_overrides", "read_yaml",
+           "resolve_schedule_name", "schedule_kwargs", "ultralytics_train_keys"]
 
 
 class DetuneWarning(UserWarning):
     """A setting is accepted but probably not what the user wants (shown by the CLI, never printed here)."""
 
 
-OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp", "MuSGD", "auto")
+OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp", "MuSGD", "Adagrad", "Adadelta", "auto")
+# Optimizers Ultralytics does not build: detune builds them (torch.optim) from the param groups Ultralytics
+# makes for SGD (weights with decay, norm weights, biases), so lr0, weight_decay, warmup and schedules apply.
+TORCH_OPTIMIZERS = ("Adagrad", "Adadelta")
+# Ultralytics' documented lr0 defaults (default.yaml: "SGD=1E-2, Adam=1E-3", RMSProp adaptive like Adam) and
+# torch's for the optimizers detune builds itself: the lr0 of an lr0="auto" the LR finder could not resolve,
+# and the centre of each optimizer family in the default search space.
+_DEFAULT_LR0 = {"Adam": 1e-3, "Adamax": 1e-3, "AdamW": 1e-3, "NAdam": 1e-3, "RAdam": 1e-3, "RMSProp": 1e-3,
+                "Adagrad": 1e-2, "Adadelta": 1.0}
+
+
+def default_lr0(optimizer: str) -> float:
+    """The default lr0 of ``optimizer``: 0.01 for SGD and MuSGD, 0.001 for Adam-like ones, torch's own for
+    Adagrad (0.01) and Adadelta (1.0)."""
+    return _DEFAULT_LR0.get(optimizer, 1e-2)
 LR_MULT_PARTS = ("backbone", "neck", "head")
 LR_SCALINGS = ("none", "linear", "sqrt")
 INTERVALS = ("step", "epoch")

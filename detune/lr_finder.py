@@ -44,7 +44,7 @@ from detune._lr_suggest import (
     trim,
 )
 from detune.adapters.base import Fanout, Fit, RunOutcome
-from detune.config import TrainConfig, load_config, optimizer_steps
+from detune.config import TrainConfig, default_lr0, load_config, optimizer_steps
 from detune.datasets import PreparedData, prepare_data
 from detune.errors import AdapterError, ConfigError
 from detune.tracking_config import resolve_tracking
@@ -62,9 +62,6 @@ PLOT_NAME = "lr_finder.png"
 _RECORDED = ("model", "data", "optimizer", "batch", "imgsz", "device", "seed", "momentum", "weight_decay",
              "lr_mult")
 _MIXING_AUGMENTATIONS = ("mosaic", "mixup", "cutmix", "copy_paste")
-# Ultralytics' documented lr0 defaults (default.yaml: "SGD=1E-2, Adam=1E-3"): the lr0 of an "auto" that the
-# finder could not resolve. RMSProp is adaptive like Adam and gets the Adam value.
-_ADAPTIVE = ("Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp")
 
 
 @dataclasses.dataclass
@@ -321,15 +318,10 @@ def lr_find(model: str = "yolo11n.yaml", data: str = "shapes", *, min_lr: float 
 
 
 def fallback_lr0(cfg: TrainConfig) -> float:
-    """The lr0 of an ``lr0="auto"`` the finder could not resolve: Ultralytics' documented default, 0.01 for
-    SGD-family optimizers (SGD, MuSGD) and 0.001 for adaptive ones (Adam, Adamax, AdamW, NAdam, RAdam,
-    RMSProp); ``lr_scaling`` applies to it as to any configured lr0."""
+    """The lr0 of an ``lr0="auto"`` the finder could not resolve: ``detune.config.default_lr0`` of the
+    optimizer (0.01 for SGD and MuSGD, 0.001 for Adam-like ones, 0.01 Adagrad, 1.0 Adadelta); ``lr_scaling``
+    applies to it as to any configured lr0."""
     return default_lr0(cfg.optimizer)
-
-
-def default_lr0(optimizer: str) -> float:
-    """Ultralytics' documented lr0 for ``optimizer``: 0.001 for the adaptive ones, else 0.01."""
-    return 0.001 if optimizer in _ADAPTIVE else 0.01
 
 
 # ---- MLflow --------------------------------------------------------------------------------------------

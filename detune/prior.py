@@ -8,8 +8,7 @@ is the config itself. Pure: builds ``Dim`` objects, imports nothing heavy.
 
 from __future__ import annotations
 
-from detune._derived import family_lr0
-from detune.config import MAX_LR, TrainConfig
+from detune.config import MAX_LR, TrainConfig, default_lr0
 from detune.search_space import Dim
 
 LR0_SPAN = (0.1, 10.0)  # x[1/10, 10] around the centre
@@ -40,7 +39,7 @@ def default_space(train: TrainConfig, lr_suggestion: float | None = None) -> dic
     families = _with(FAMILIES, train.optimizer if train.optimizer != "auto" else None)
     low, high = LR0_SPAN
     if isinstance(centre, (int, float)):
-        top = max(centre * family_lr0(f) / family_lr0(train.optimizer) for f in families)
+        top = max(centre * default_lr0(f) / default_lr0(train.optimizer) for f in families)
         high = min(high, MAX_LR / top)
     warmup_high = max(min(MAX_WARMUP_EPOCHS, train.epochs / 3), float(train.warmup_epochs))
     # widened to hold the config's own values: the baseline trial must lie inside the space

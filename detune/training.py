@@ -18,10 +18,18 @@ from detune._lr_suggest import DEFAULT_METHOD, FinderSettings
 from detune._paths import atomic_write, writable_dir
 from detune.adapters import ultralytics as adapter
 from detune.adapters.base import Fanout, Fit, RunOutcome, partial_outcome
-from detune.config import DetuneWarning, TrainConfig, load_config, lr_plan, optimizer_steps, schedule_kwargs
+from detune.config import (
+    DetuneWarning,
+    TrainConfig,
+    default_lr0,
+    load_config,
+    lr_plan,
+    optimizer_steps,
+    schedule_kwargs,
+)
 from detune.datasets import PreparedData, prepare_data, resolve_data
 from detune.errors import ConfigError
-from detune.lr_finder import PLOT_NAME, LRFinderResult, default_lr0, fallback_lr0, range_test
+from detune.lr_finder import PLOT_NAME, LRFinderResult, fallback_lr0, range_test
 from detune.tracking_config import resolve_tracking
 
 if TYPE_CHECKING:
@@ -238,7 +246,7 @@ def resolve_auto_lr0(cfg: TrainConfig, *, tracking: TrackingConfig | None = None
     if lr is None:
         fallback = fallback_lr0(cfg)
         warnings.warn(f"lr0 ('auto'): the LR finder gave no {method} suggestion ({result.reason}); training at "
-                      f"lr0 {fallback:g} instead, Ultralytics' default for {cfg.optimizer} (set lr0 to a "
+                      f"lr0 {fallback:g} instead, the default for {cfg.optimizer} (set lr0 to a "
                       "number to choose it yourself)", DetuneWarning, stacklevel=2)
         return cfg.replace(lr0=fallback), result
     scale = cfg.replace(lr0=lr).effective_lr0 / lr

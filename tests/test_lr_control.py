@@ -115,6 +115,32 @@ def test_lr_mult_gives_backbone_its_own_scaled_groups(tiny: dict, recorded_lrs: 
     assert first["lr"][:3] == pytest.approx([0.02, 0.02, 0.02])
 
 
+@pytest.mark.parametrize(("optimizer", "lr0"), [("Adagrad", 0.02), ("Adadelta", 0.5)])
+def test_torch_optimizers_take_ultralytics_groups_lr0_warmup_and_schedule(tiny: dict, optimizer: str, lr0: float,
+                                                                           recorded_lrs: list) -> None:
+    """Adagrad and Adadelta, which Ultralytics does not build: torch's class over Ultralytics' three groups
+    (weight decay on the weights only), lr0 honoured, detune's warmup and schedule applied to every step."""
+    import torch
+
+    seen: set[tuple] = set()
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.add((type(opt), tuple(g["weight_decay"] for g in opt.param_groups))))
+    try:
+        result = detune.train(**_fast(tiny, lr0=lr0, epochs=2, optimizer=optimizer, weight_decay=0.001,
+                                      warmup_epochs=0.5, scheduler="linear", lrf=0.1))
+    finally:
+        hook.remove()
+    assert result.status == "completed", result.reason
+    assert seen == {(getattr(torch.optim, optimizer), (0.001, 0.0, 0.0))}
+    assert [s["kind"] for s in recorded_lrs[:1]] == [["weight", "bn", "bias"]]
+    weights = [s["lr"][0] for s in recorded_lrs]
+    peak = weights.index(max(weights))
+    assert weights[:peak + 1] == sorted(weights[:peak + 1]) and weights[0] < 0.5 * weights[peak]  # warmup
+    assert 0.6 * lr0 < weights[peak] <= lr0 and weights[peak:] == sorted(weights[peak:], reverse=True)  # decay
+    assert weights[-1] < 0.5 * lr0
+    assert [r["lr/pg0"] for r in result.steps] == pytest.approx(weights)  # detune's record is what torch used
+
+
 @pytest.mark.parametrize("optimizer", ["SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp", "MuSGD"])
 def test_every_optimizer_honours_lr0_and_momentum(tiny: dict, optimizer: str, recorded_lrs: list) -> None:
     result = detune.train(**_fast(tiny, lr0=0.003, momentum=0.85, epochs=1, optimizer=optimizer,

@@ -413,7 +413,8 @@ def test_train_lr0_auto_checks_the_dataset_once(base_cfg: TrainConfig, tmp_path:
 
 
 @pytest.mark.parametrize(("optimizer", "fallback"), [("SGD", 0.01), ("MuSGD", 0.01), ("AdamW", 0.001),
-                                                     ("Adam", 0.001), ("RMSProp", 0.001)])
+                                                     ("Adam", 0.001), ("RMSProp", 0.001),
+                                                     ("Adagrad", 0.01)])
 def test_train_lr0_auto_without_a_suggestion_trains_at_the_default_with_a_warning(
         base_cfg: TrainConfig, tmp_path: Path, optimizer: str, fallback: float) -> None:
     from detune import training
@@ -423,7 +424,7 @@ def test_train_lr0_auto_without_a_suggestion_trains_at_the_default_with_a_warnin
                            name="run")
     assert fallback_lr0(cfg) == fallback
     with pytest.warns(DetuneWarning, match=rf"lr0 \('auto'\): the LR finder gave no valley suggestion \(no "
-                      rf"signal: .*\); training at lr0 {fallback:g} instead, Ultralytics' default for {optimizer}"):
+                      rf"signal: .*\); training at lr0 {fallback:g} instead, the default for {optimizer}"):
         result = training.run(cfg, fit=fake)
     assert len(fake.configs) == 2 and fake.configs[-1].lr0 == fallback  # the finder, then the training
     assert result.status == "completed" and result.config["lr0"] == fallback

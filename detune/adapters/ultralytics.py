@@ -19,7 +19,7 @@ from typing import Any
 from detune import _runtime
 from detune._lr_suggest import LossSmoother, StopRule
 from detune.adapters.base import STATE_FILE, Observer, Probe, RunOutcome, attach_partial, sha256, trusted_state
-from detune.config import TrainConfig, lr_plan
+from detune.config import TORCH_OPTIMIZERS, TrainConfig, lr_plan
 from detune.errors import AdapterError, ConfigError
 
 __all__ = ["STATE_FILE", "Observer", "Probe", "RunOutcome", "check_device", "fit", "metric_name", "resolve_device",
@@ -229,6 +229,8 @@ def _trainer_class(ctl: _Control) -> type:
 
         def build_optimizer(self, *args: Any, **kwargs: Any) -> Any:
             optimizer = super().build_optimizer(*args, **kwargs)
+            if ctl.cfg.optimizer in TORCH_OPTIMIZERS:  # Ultralytics built SGD (yolo_overrides): same groups
+                optimizer = torch_optimizer(ctl.cfg.optimizer, optimizer)
             if ctl.cfg.lr_mult:
                 _split_groups(optimizer, self.model, ctl.cfg.lr_mult)
             # Ultralytics' own per-group factors (MuSGD's x3 head groups) times detune's lr_mult; kept here,
@@ -242,6 +244,17 @@ def _trainer_class(ctl: _Control) -> type:
             super().optimizer_step()
 
     return DetuneTrainer
+
+
+def torch_optimizer(name: str, built: Any) -> Any:
+    """``torch.optim.<name>`` over the param groups of the optimizer Ultralytics ``built`` (pg0 weights with
+    weight_decay, pg1 norm weights and pg2 biases without), each with its lr, weight_decay and group name;
+    the optimizer's other settings are torch's defaults (it has no momentum: warmup_momentum does nothing)."""
+    import torch
+
+    groups = [{"params": g["params"], "lr": g["lr"], "weight_decay": g["weight_decay"],
+               "param_group": g.get("param_group")} for g in built.param_groups]
+    return getattr(torch.optim, name)(groups)
 
 
 def _drop_integration_callbacks(callbacks: dict[str, list[Callable[..., Any]]]) -> None:
@@ -281,13 +294,18 @@ def yolo_lr0(cfg: TrainConfig) -> float:
     return min(cfg.effective_lr0, 1.0)
 
 
+def _yolo_optimizer(name: str) -> str:
+    """The optimizer Ultralytics builds: its spelling of RMSProp; SGD for those detune rebuilds from its groups."""
+    return "RMSprop" if name == "RMSProp" else "SGD" if name in TORCH_OPTIMIZERS else name
+
+
 def yolo_overrides(cfg: TrainConfig, data_yaml: Path, *, validate: bool = True) -> dict[str, Any]:
     """detune config -> ``YOLO.train`` keyword arguments, with Ultralytics' own LR shaping switched off."""
     return {
         **cfg.extra,
         "data": str(data_yaml), "epochs": cfg.epochs, "batch": cfg.batch, "imgsz": cfg.imgsz,
         "device": resolve_device(cfg.device), "seed": cfg.seed, "project": str(Path(cfg.project).resolve()),
-        "name": cfg.name, "optimizer": "RMSprop" if cfg.optimizer == "RMSProp" else cfg.optimizer,
+        "name": cfg.name, "optimizer": _yolo_optimizer(cfg.optimizer),
         "lr0": yolo_lr0(cfg), "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "nbs": cfg.nbs,
         "warmup_epochs": 0.0,  # detune's warmup wrapper replaces Ultralytics' inline warmup
         "warmup_bias_lr": min(cfg.warmup_bias_lr, 1.0), "warmup_momentum": cfg.warmup_momentum,
