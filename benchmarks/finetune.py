@@ -4,10 +4,11 @@ Every strategy fine-tunes the same pretrained yolo11n (``pretrain.py``'s checkpo
 same data with the same epochs per trial and training seed, and runs ``--repeats`` times (its search seed
 changes; Ultralytics' genetic tuner has no seed, so its repeats show its spread). Strategies:
 
-- ``detune_default``: today's default study (Optuna TPE + ASHA, log-uniform lr0 in [1e-4, 1e-1], lrf, momentum);
-- ``detune_prior``: the issue-15 design (``detune.prior`` space around the config's lr0 with the optimizer
-  family, warmup and schedule; Optuna GP sampler; the ``detection`` rung rules; confirmation of the top 2
-  with 2 seeds, its retrainings counted in the trial-epochs);
+- ``detune_default``: the default study before issue 15 (Optuna TPE + ASHA, log-uniform lr0 in [1e-4, 1e-1],
+  lrf, momentum);
+- ``detune_prior``: the issue-15 design, detune's default since these runs (``detune.prior`` space around the
+  config's lr0 with the optimizer family, warmup and schedule; Optuna GP sampler; the ``detection`` rung
+  rules; confirmation of the top 2 with 2 seeds, its retrainings counted in the trial-epochs);
 - ``ultralytics_ga`` and ``ultralytics_ray``: ``model.tune()`` and ``model.tune(use_ray=True)`` on lr0, lrf,
   momentum (the bounds of ``search.SPACE``).
 
@@ -41,7 +42,8 @@ import search
 from detune.study_files import TRIAL_COLUMNS
 
 STRATEGIES = ("detune_default", "detune_prior", "ultralytics_ga", "ultralytics_ray")
-LABELS = {**search.LABELS, "detune_prior": "detune prior (GP + detection rungs + confirm)"}
+LABELS = {**search.LABELS, "detune_default": "detune's old default (TPE + ASHA, log lr0)",
+          "detune_prior": "detune default (prior + GP + detection rungs + confirm)"}
 SIZES = {
     "cpu": {"target": {"trials": 12, "epochs": 6, "imgsz": 64, "batch": 16},
             "coco128": {"trials": 8, "epochs": 4, "imgsz": 128, "batch": 16}},

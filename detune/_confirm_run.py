@@ -25,14 +25,17 @@ TEST_KEYS = ("test/mAP50-95", "test/mAP50")  # held-out scores (TrainConfig.scor
 
 def run_confirmation(study: StudyConfig, result: StudyResult, *, train: Callable[[TrainConfig], Any],
                      base: dict[str, Any] | None = None,
-                     score_test: bool = False) -> tuple[StudyResult, dict[str, float]]:
+                     score_test: bool = False,
+                     progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[StudyResult, dict[str, float]]:
     """Retrain, aggregate, rewrite best.yaml and trials.csv; returns the updated result and metrics for the
     parent run (``confirm/best_mean``, ``confirm/baseline_mean``, ..., and with ``score_test``
     ``test/mAP50-95``, ``test/mAP50`` of the chosen trial and ``baseline/test/...``). Writes ``confirm.json``.
 
     ``train`` runs one config untracked and returns its ``TrainResult`` (the study passes ``training.run``);
     ``base`` is the train mapping to retrain from (default the study's); ``score_test`` scores every retraining
-    on the data's held-out test split (``TrainConfig.score_test``)."""
+    on the data's held-out test split (``TrainConfig.score_test``); ``progress`` gets a row (trial_id
+    ``<trial>/seed<N>``, status running or completed, params, epoch, metric, best) as each retraining starts
+    and ends."""
     settings = study.confirm
     if settings is None:
         return result, {}
@@ -52,10 +55,18 @@ def run_confirmation(study: StudyConfig, result: StudyResult, *, train: Callable
             cfg = from_dict({**apply_params(base or study.train.to_dict(), params), "seed": seed, "exist_ok": True,
                              "project": str(study.output_dir / "confirm"), "name": f"{trial}-seed{seed}",
                              "score_test": score_test})
+            row = {"trial_id": f"{trial}/seed{seed}", "status": "running", "params": params, "epoch": 0,
+                   "metric": None, "best": None}
+            if progress is not None:
+                progress(dict(row))
             run = train(cfg)
             values = [r.get(study.metric, math.nan) for r in run.history] if run.status == "completed" else []
             finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
             scores.setdefault(trial, []).append(max(finite, key=lambda v: sign * v) if finite else math.nan)
+            if progress is not None:
+                best_value = scores[trial][-1] if finite else None
+                progress({**row, "status": run.status, "epoch": len(run.history),
+                          "metric": values[-1] if finite else None, "best": best_value})
             for key in TEST_KEYS if score_test else ():
                 tests[key].setdefault(trial, []).append(run.info.get("test", {}).get(key, math.nan))
     confirmed = aggregate(scores)

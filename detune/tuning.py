@@ -470,7 +470,7 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
             "metric": study.metric, "mode": study.mode, "tracking": tcfg, "parent_run_id": parent_run_id,
             "fit": fit, "data": data,
         }
-        _PROGRESS["live"] = set()
+        _PROGRESS["live"], _PROGRESS["rows"] = set(), []
         started = time.monotonic()
         grid = _run_ray(study, payload, resume=resume, address=address, progress=progress)
         interrupted = frozenset(_PROGRESS.pop("live", set())) | _unfinished(grid)
@@ -484,7 +484,7 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
 
             result, confirmed = run_confirmation(
                 study, result, train=lambda cfg: training.run(cfg, tracking=False, fit=fit, data=data),
-                base=train, score_test=bool(data.dataset.test))
+                base=train, score_test=bool(data.dataset.test), progress=_confirm_progress(progress))
     except BaseException as e:
         _PROGRESS.pop("live", None)
         if tcfg is not None and parent_run_id is not None:
@@ -506,6 +506,20 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
 
 
 INTERRUPTED_STUDY = "interrupted before all trials ended; resume with --resume"
+
+
+def _confirm_progress(progress: Any) -> Any:
+    """The study's ``progress`` sink for the confirmation's retrainings: their rows after the trials' rows."""
+    if progress is None:
+        return None
+    trials = list(_PROGRESS.get("rows") or [])
+    retrainings: dict[str, dict[str, Any]] = {}
+
+    def update(row: dict[str, Any]) -> None:
+        retrainings[row["trial_id"]] = row
+        progress([*trials, *retrainings.values()])
+
+    return update
 
 
 def _pin_threads(study: StudyConfig) -> StudyConfig:
@@ -832,6 +846,7 @@ def _driver_callback(study: StudyConfig, tcfg: Any, parent_run_id: str | None) -
                     row["status"] = "diverged"
             from detune import tuning  # the live module, not a pickled copy of its globals
 
+            tuning._PROGRESS["rows"] = [dict(r) for r in self.rows.values()]  # the confirmation starts from them
             sink = tuning._PROGRESS.get("current")
             if sink is not None:
                 sink([dict(r) for r in self.rows.values()])

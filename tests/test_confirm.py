@@ -132,6 +132,7 @@ def test_a_study_with_confirm_retrains_the_top_trials_and_the_baseline(tmp_path:
     from detune import _fake
     from detune.tuning import tune
 
+    calls: list = []
     data = with_test_split(shapes_yaml) if beats else shapes_yaml  # held-out scores when the data has a test split
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if beats else False  # the parent run gets the confirmed scores
     result = tune({"name": "confirm", "output_dir": str(tmp_path / "out"), "search": "grid", "tracking": uri,
@@ -139,8 +140,14 @@ def test_a_study_with_confirm_retrains_the_top_trials_and_the_baseline(tmp_path:
                              "warmup_epochs": 0.0, "nbs": 16},
                    "search_space": {"lr0": {"grid": [0.005, 0.01, 0.04]}}, "trial_scheduler": "fifo",
                    "num_samples": 1, "max_concurrent_trials": 1, "resources_per_trial": {"cpu": 1},
-                   "confirm": {"top_k": 1, "seeds": 2}}, fit=_fake.fit)
+                   "confirm": {"top_k": 1, "seeds": 2}}, fit=_fake.fit, progress=calls.append)
     summary = json.loads((tmp_path / "out" / "confirm.json").read_text())
+    last = {r["trial_id"]: r for r in calls[-1]}  # the live display's rows: trials, then each retraining
+    retrained = [f"{t}/seed{s}" for t in summary["trials"] for s in summary["seeds"]]
+    assert list(last)[-len(retrained):] == retrained and {t["trial_id"] for t in result.trials} <= set(last)
+    for trial in summary["trials"]:
+        assert [last[f"{trial}/seed{s}"]["best"] for s in summary["seeds"]] == summary["scores"][trial]
+        assert {last[f"{trial}/seed{s}"]["status"] for s in summary["seeds"]} == {"completed"}
     ids = {t["trial_id"]: t["lr0"] for t in result.trials}
     assert ids[summary["baseline"]] == base_lr0 and summary["seeds"] == [1000, 2000]
     assert {ids[t] for t in summary["trials"]} == {0.01, base_lr0}  # the top trial, plus the baseline
