@@ -330,7 +330,8 @@ def test_train_runs_for_real_with_epoch_progress(tmp_path: Path, shapes_yaml: Pa
     assert lines[0] == "status: completed" and lines[1] == "epochs: 1  best epoch: 1"
     assert lines[-2] == f"results: {tmp_path / 'train'}"
     assert lines[-1] == f"log: {tmp_path / 'train' / 'detune.log'}"
-    assert len(lines) == 6  # nothing else on stdout: Ultralytics' output went to the log
+    assert lines[-3].startswith("advice: ")  # the training-health advisor's verdict
+    assert len(lines) == 7  # nothing else on stdout: Ultralytics' output went to the log
     assert result.stderr.splitlines()[-1].startswith("epoch 1/1  loss ")
     assert (tmp_path / "train" / "detune.log").is_file() and not list(tmp_path.glob(".detune-*.log"))
 
