@@ -466,8 +466,15 @@ def schedule_summary(cfg: Any, plan: Any, points: list[dict[str, Any]], source: 
              f"{'step':>7} {'epoch':>5} {'lr':>11} {'bias lr':>11} {'momentum':>8}"]
     lines += [f"{p['step']:>7} {p['epoch']:>5} {p['lr']:>11.5g} {p['bias_lr']:>11.5g} {p['momentum']:>8.4g}"
               for p in points]
+    if cfg.lr_mult:
+        lines.append("lr_mult: " + ", ".join(f"{part} weights at lr x {m:g}" for part, m in cfg.lr_mult.items()))
+    if cfg.lr_layer_decay is not None:
+        d = cfg.lr_layer_decay
+        lines.append(f"lr_layer_decay {d:g}: layer k below the head at lr x {d:g}^k (the head at lr: "
+                     + ", ".join(f"x{d ** k:.3g} at k={k}" for k in (1, 5, 10, 20)) + ")")
     lines.append(f"plot: {png}")
-    return {"scheduler": cfg.schedule_name, "scheduler_params": schedule_kwargs(cfg),
+    return {"scheduler": cfg.schedule_name, "lr_mult": dict(cfg.lr_mult), "lr_layer_decay": cfg.lr_layer_decay,
+            "scheduler_params": schedule_kwargs(cfg),
             "lr0": cfg.effective_lr0, "epochs": cfg.epochs, "steps_per_epoch": spe,
             "warmup_steps": plan.warmup_steps, "peak_lr": peak,
             "key_points": points, "plot": png}, lines

@@ -484,7 +484,7 @@ def schedule(config: ConfigArg = None, overrides: Overrides = None,
     from detune._paths import writable_file
     from detune._progress import schedule_summary
     from detune.config import load_config, lr_plan
-    from detune.schedules import key_points, peak_lr, plot
+    from detune.schedules import key_points, peak_lr, plot, plot_groups
 
     term = _terminal(True)
     path, values = _guard(lambda: _split(config, overrides), debug)
@@ -492,7 +492,7 @@ def schedule(config: ConfigArg = None, overrides: Overrides = None,
     _guard(lambda: writable_file(out, field="--out", kind="a .png file"), debug)
     spe, source = _guard(lambda: _steps_per_epoch(cfg, steps_per_epoch), debug)
     plan = _guard(lambda: lr_plan(cfg, spe), debug)
-    png = _guard(lambda: plot(plan, out, log_y=log_y), debug)
+    png = _guard(lambda: plot(plan, out, log_y=log_y, groups=plot_groups(cfg.lr_mult, cfg.lr_layer_decay)), debug)
     points = [{"step": s, "epoch": plan.epoch_of(s) + 1, "lr": lr, "momentum": plan.momentum_at(s),
                "bias_lr": plan.lr(s, plan.epoch_of(s), bias=True)} for s, lr in key_points(plan)]
     _emit(term, as_json, *schedule_summary(cfg, plan, points, source, png, peak=peak_lr(plan)))

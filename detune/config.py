@@ -106,6 +106,7 @@ class TrainConfig:
     scheduler_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     scheduler_interval: str = "step"
     lr_mult: dict[str, float] = dataclasses.field(default_factory=dict)
+    lr_layer_decay: float | None = None  # layer k below the head trains at lr x decay^k (head at lr0)
     lr_scaling: str = "none"
     divergence_factor: float = 10.0  # stop when smoothed loss > factor x its minimum after warmup; 0 = off
     threads: int | None = None  # CPU threads for torch; None = every core this process may use
@@ -379,6 +380,10 @@ def _validate_choices(cfg: TrainConfig) -> None:
         if not mult <= MAX_LR_MULT:
             _fail(f"lr_mult.{part}", mult, f"must be a number in (0, {MAX_LR_MULT:g}]",
                   "use e.g. 0.1 to train that part 10x slower, 2 for 2x faster")
+    decay = cfg.lr_layer_decay
+    if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1):
+        _fail("lr_layer_decay", decay, "must be a number in (0, 1] or null",
+              "use e.g. 0.8 (each layer 0.8x the lr of the one above it, the head at lr0)")
 
 
 def _validate_schedule(cfg: TrainConfig) -> None:

@@ -290,10 +290,11 @@ def _plot_schedule(cfg: TrainConfig, result: TrainResult) -> None:
     if not cfg.extra.get("plots", True) or not steps_per_epoch or not (result.save_dir and result.save_dir.is_dir()):
         return
     try:
-        from detune.schedules import plot
+        from detune.schedules import plot, plot_groups
 
         plan = lr_plan(cfg, steps_per_epoch)
-        result.info["lr_schedule_png"] = str(plot(plan, result.save_dir / "lr_schedule.png"))
+        groups = plot_groups(cfg.lr_mult, cfg.lr_layer_decay)
+        result.info["lr_schedule_png"] = str(plot(plan, result.save_dir / "lr_schedule.png", groups=groups))
     except Exception as e:  # noqa: BLE001 - e.g. matplotlib missing
         result.info["lr_schedule_png"] = None
         result.info["lr_schedule_error"] = f"{type(e).__name__}: {e}"

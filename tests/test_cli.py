@@ -255,6 +255,16 @@ def test_schedule_json_with_given_steps_per_epoch(tmp_path: Path) -> None:
     assert {p["lr"] for p in data["key_points"]} == {0.01}
 
 
+def test_schedule_shows_lr_mult_and_layer_decay(tmp_path: Path) -> None:
+    result = invoke("schedule", "lr_layer_decay=0.8", "lr_mult.backbone=0.1", "epochs=2", "--steps-per-epoch", "5",
+                    "--out", tmp_path / "d.png")
+    assert result.exit_code == 0, result.output
+    assert "lr_mult: backbone weights at lr x 0.1" in result.stdout
+    assert ("lr_layer_decay 0.8: layer k below the head at lr x 0.8^k (the head at lr: x0.8 at k=1, x0.328 at "
+            "k=5, x0.107 at k=10, x0.0115 at k=20)") in result.stdout
+    assert (tmp_path / "d.png").stat().st_size > 10_000
+
+
 def test_data_make_shapes_then_check(tmp_path: Path) -> None:
     result = invoke("data", "make-shapes", tmp_path / "shapes", "n_train=4", "n_val=2", "imgsz=64")
     assert result.exit_code == 0, result.output

@@ -306,3 +306,18 @@ def test_default_lr0_per_optimizer() -> None:
 
     expected = {"SGD": 0.01, "MuSGD": 0.01, "auto": 0.01, "Adagrad": 0.01, "Adadelta": 1.0}
     assert {o: default_lr0(o) for o in OPTIMIZERS} == {o: expected.get(o, 0.001) for o in OPTIMIZERS}
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -0.1, "x", True])
+def test_lr_layer_decay_must_be_in_0_1(bad: object) -> None:
+    with pytest.raises(ConfigError, match=rf"lr_layer_decay \({bad!r}\) must be a number in \(0, 1\] or null.*0\.8"):
+        from_dict({"lr_layer_decay": bad})
+    assert from_dict({"lr_layer_decay": 0.8}).lr_layer_decay == 0.8
+
+
+def test_the_schedule_plot_draws_lr_mult_parts_and_decayed_layers() -> None:
+    from detune.schedules import plot_groups
+
+    groups = plot_groups({"backbone": 0.1}, 0.5)
+    assert [g[2] for g in groups] == [1.0, 1.0, 1.0, 0.1, 0.5**5, 0.5**10, 0.5**20]
+    assert groups[4][0] == "weights 5 layers below the head (x0.0312)" and plot_groups() == plot_groups({}, 1.0)

@@ -115,6 +115,29 @@ def test_lr_mult_gives_backbone_its_own_scaled_groups(tiny: dict, recorded_lrs: 
     assert first["lr"][:3] == pytest.approx([0.02, 0.02, 0.02])
 
 
+def test_lr_layer_decay_gives_each_layer_below_the_head_a_decayed_lr(tiny: dict) -> None:
+    """Layer i of yolo11n's 24 (the head is layer 23) trains at lr0 x 0.5^(23 - i), times its lr_mult part."""
+    seen: list[list[tuple]] = []
+    hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append(
+        [(g["lr"], g.get("detune_layer"), g.get("detune_part"), g["param_group"]) for g in opt.param_groups]))
+    try:
+        result = detune.train(**_fast(tiny, lr0=0.02, epochs=1, scheduler="constant", lr_layer_decay=0.5,
+                                      lr_mult={"backbone": 0.1}))
+    finally:
+        hook.remove()
+    assert result.status == "completed", result.reason
+    groups = seen[0]
+    assert [g[3] for g in groups[:3]] == ["weight", "bn", "bias"]
+    assert {g[:3] for g in groups[:3]} == {(0.02, None, None)}  # the head's groups at lr0
+    layers = sorted({g[1] for g in groups if g[1] is not None})
+    assert layers[0] == 0 and layers[-1] == 22  # every layer below the head that has params
+    for lr, layer, part, _ in groups[3:]:
+        if layer is not None:
+            assert lr == pytest.approx(0.02 * (0.1 if part == "backbone" else 1.0) * 0.5 ** (23 - layer))
+    assert len(groups) == len(seen[-1]) > 40  # dozens of groups, the same at every step
+    assert len([k for k in result.history[0] if k.startswith("lr/pg")]) == len(groups)
+
+
 @pytest.mark.parametrize(("optimizer", "lr0"), [("Adagrad", 0.02), ("Adadelta", 0.5)])
 def test_torch_optimizers_take_ultralytics_groups_lr0_warmup_and_schedule(tiny: dict, optimizer: str, lr0: float,
                                                                            recorded_lrs: list) -> None:

@@ -233,6 +233,8 @@ def _trainer_class(ctl: _Control) -> type:
                 optimizer = torch_optimizer(ctl.cfg.optimizer, optimizer)
             if ctl.cfg.lr_mult:
                 _split_groups(optimizer, self.model, ctl.cfg.lr_mult)
+            if ctl.cfg.lr_layer_decay is not None and ctl.cfg.lr_layer_decay != 1:
+                _decay_layers(optimizer, self.model, ctl.cfg.lr_layer_decay)
             # Ultralytics' own per-group factors (MuSGD's x3 head groups) times detune's lr_mult; kept here,
             # not in the groups, because resuming loads the donor's group settings over them.
             lr0 = yolo_lr0(ctl.cfg)
@@ -286,6 +288,27 @@ def _split_groups(optimizer: Any, model: Any, lr_mult: dict[str, float]) -> None
             group["params"] = [p for p in group["params"] if part_of.get(id(p)) != part]
             new = {k: v for k, v in group.items() if k != "params"}
             optimizer.add_param_group({**new, "params": moved, "detune_mult": float(mult), "detune_part": part})
+
+
+def _decay_layers(optimizer: Any, model: Any, decay: float) -> None:
+    """Layer-wise lr decay: the params of layer ``i`` of ``model.model`` (the head is the last layer) move from
+    each group into a group of their own at ``decay ** (last - i)`` times that group's lr (an ``lr_mult`` part's
+    factor included), appended after the existing groups, nearest the head first; the head stays put."""
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    net = unwrap_model(model)
+    last = len(net.model) - 1
+    layer_of = {id(p): int(name.split(".")[1]) for name, p in net.named_parameters()}
+    base_groups = list(optimizer.param_groups)
+    for layer in range(last - 1, -1, -1):
+        for group in base_groups:
+            moved = [p for p in group["params"] if layer_of.get(id(p)) == layer]
+            if not moved:
+                continue
+            group["params"] = [p for p in group["params"] if layer_of.get(id(p)) != layer]
+            new = {k: v for k, v in group.items() if k != "params"}
+            mult = group.get("detune_mult", 1.0) * decay ** (last - layer)
+            optimizer.add_param_group({**new, "params": moved, "detune_mult": mult, "detune_layer": layer})
 
 
 def yolo_lr0(cfg: TrainConfig) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from detune.schedules._base import ParamSpec, Schedule
 from detune.schedules._plan import INTERVALS, Interval, LRPlan, build_plan
-from detune.schedules._plot import key_points, peak_lr, plot
+from detune.schedules._plot import key_points, peak_lr, plot, plot_groups
 from detune.schedules._registry import (
     ScheduleInfo,
     build_schedule,
@@ -31,5 +31,6 @@ __all__ = [
     "list_schedules",
     "peak_lr",
     "plot",
+    "plot_groups",
     "schedule_params",
 ]

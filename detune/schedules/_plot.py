@@ -17,6 +17,22 @@ DEFAULT_GROUPS: tuple[tuple[str, bool, float], ...] = (
     ("pg1 norm", False, 1.0),
     ("pg2 bias", True, 1.0),
 )
+LAYER_DEPTHS = (5, 10, 20)  # layers below the head drawn for an lr_layer_decay (yolo11n has 23)
+
+
+def plot_groups(lr_mult: dict[str, float] | None = None, lr_layer_decay: float | None = None,
+                ) -> tuple[tuple[str, bool, float], ...]:
+    """The lines to draw for a config: Ultralytics' three groups, then the weights of each ``lr_mult`` part
+    and of layers 5, 10 and 20 below the head under ``lr_layer_decay`` (each a multiple of pg0's lr)."""
+    groups = list(DEFAULT_GROUPS)
+    groups += [(f"{part} weights (x{mult:g})", False, float(mult)) for part, mult in (lr_mult or {}).items()
+               if mult != 1]
+    if lr_layer_decay is not None and lr_layer_decay != 1:
+        groups += [(f"weights {k} layers below the head (x{lr_layer_decay ** k:.3g})", False, lr_layer_decay ** k)
+                   for k in LAYER_DEPTHS]
+    return tuple(groups)
+
+
 _MAX_POINTS = 20_000  # longer trainings are drawn from every n-th step plus every key point
 _MAX_EPOCH_LINES = 60
 _MAX_KEY_EPOCHS = 1_000  # key points show at most this many epoch starts (every n-th epoch of longer trainings)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from detune.adapters.base import RunOutcome
 
 log = logging.getLogger(__name__)
+STEP_GROUPS = 12  # param groups whose lr is logged at every optimizer step
 
 
 # ---- one training run ----------------------------------------------------------------------------------
@@ -51,7 +52,9 @@ class RunLogger(_Sender):
         self._flush()
 
     def on_step(self, step: int, epoch: int, lrs: Sequence[float]) -> None:
-        self._add({f"lr_step/pg{i}": lr for i, lr in enumerate(lrs)}, int(step))
+        # Ultralytics' 3 groups and lr_mult's (up to 3 x 3); an lr_layer_decay's dozens of groups are each a
+        # fixed multiple of these: their lr is logged per epoch (lr/pgN), not at every step.
+        self._add({f"lr_step/pg{i}": lr for i, lr in enumerate(lrs[:STEP_GROUPS])}, int(step))
         if len(self._pending) >= _MAX_ENTITIES:
             self._flush()
 
