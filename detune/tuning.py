@@ -529,7 +529,7 @@ def _pin_threads(study: StudyConfig) -> StudyConfig:
     if study.train.threads is not None:
         return study
     threads = max(1, int(study.resources_per_trial["cpu"]))
-    return dataclasses.replace(study, train=dataclasses.replace(study.train, threads=threads))
+    return dataclasses.replace(study, train=study.train.replace(threads=threads))
 
 
 def _centre_prior(study: StudyConfig, state: Mapping[str, Any], tcfg: Any, parent_run_id: str | None, *,
