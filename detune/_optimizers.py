@@ -7,7 +7,7 @@ import importlib.util
 from detune.errors import ConfigError
 
 __all__ = ["OPTIMIZERS", "OPTIONAL_PACKAGES", "SCHEDULE_FREE", "TORCH_OPTIMIZERS", "default_lr0",
-           "detune_built", "require_package", "schedule_free_rules"]
+           "detune_built", "prodigy_rules", "require_package", "schedule_free_rules"]
 
 OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp", "MuSGD", "Adagrad", "Adadelta",
               "AdamWScheduleFree", "SGDScheduleFree", "Prodigy", "auto")
@@ -21,18 +21,20 @@ SCHEDULE_FREE = ("AdamWScheduleFree", "SGDScheduleFree")
 OPTIONAL_PACKAGES = {"AdamWScheduleFree": ("schedulefree", "schedulefree"),
                      "SGDScheduleFree": ("schedulefree", "schedulefree"), "Prodigy": ("prodigyopt", "prodigy")}
 # Ultralytics' documented lr0 defaults (default.yaml: "SGD=1E-2, Adam=1E-3", RMSProp adaptive like Adam) and
-# the packages' own for the optimizers detune builds itself: torch's for Adagrad and Adadelta; schedulefree's
-# 0.0025 for AdamW; 10x SGD's 0.01 for SGDScheduleFree (its README: "10x-50x larger than classical rates");
-# Prodigy's 1.0 (it estimates the step size itself; lr0 is a multiplier on it). The lr0 of an lr0="auto" the
-# LR finder could not resolve, and the centre of each optimizer family in the default search space.
+# the packages' own for the optimizers detune builds itself: torch's for Adagrad and Adadelta; AdamW's 0.001
+# for AdamWScheduleFree (schedulefree's own 0.0025 diverged on the shapes data, as plain AdamW at a constant
+# 0.0025 did, where 0.001 trained); 10x SGD's 0.01 for SGDScheduleFree (its README: "10x-50x larger than
+# classical rates"); Prodigy's 1.0 (it estimates the step size itself; lr0 is a multiplier on it). The lr0 of
+# an lr0="auto" the LR finder could not resolve, and the centre of each optimizer family in the default search
+# space.
 _DEFAULT_LR0 = {"Adam": 1e-3, "Adamax": 1e-3, "AdamW": 1e-3, "NAdam": 1e-3, "RAdam": 1e-3, "RMSProp": 1e-3,
-                "Adagrad": 1e-2, "Adadelta": 1.0, "AdamWScheduleFree": 2.5e-3, "SGDScheduleFree": 0.1,
+                "Adagrad": 1e-2, "Adadelta": 1.0, "AdamWScheduleFree": 1e-3, "SGDScheduleFree": 0.1,
                 "Prodigy": 1.0}
 
 
 def default_lr0(optimizer: str) -> float:
     """The default lr0 of ``optimizer``: 0.01 for SGD and MuSGD, 0.001 for Adam-like ones, torch's own for
-    Adagrad (0.01) and Adadelta (1.0), 0.0025 for AdamWScheduleFree, 0.1 for SGDScheduleFree, 1.0 for Prodigy."""
+    Adagrad (0.01) and Adadelta (1.0), 0.001 for AdamWScheduleFree, 0.1 for SGDScheduleFree, 1.0 for Prodigy."""
     return _DEFAULT_LR0.get(optimizer, 1e-2)
 
 
@@ -73,3 +75,17 @@ def schedule_free_rules(optimizer: str, scheduler: str | None, cos_lr: bool, mom
         raise ConfigError(f"cos_lr (True) asks for a cosine schedule, which optimizer {optimizer} replaces; "
                           f"set cos_lr: false, or {fix}")
     return "constant"
+
+
+def prodigy_rules(optimizer: str, lr_mult: object, lr_layer_decay: float | None) -> None:
+    """Prodigy steps every param group at its estimate d x the largest group lr (``prodigyopt``'s ``step``), so
+    per-group lr factors would silently do nothing: ``lr_mult`` and ``lr_layer_decay`` raise ``ConfigError``."""
+    if optimizer != "Prodigy":
+        return
+    why = "Prodigy moves every param group by the same step (d x the largest group lr)"
+    if lr_mult:
+        raise ConfigError(f"lr_mult ({lr_mult!r}) cannot be used with optimizer Prodigy: {why}; remove lr_mult "
+                          "or pick an optimizer such as AdamW")
+    if lr_layer_decay is not None and lr_layer_decay != 1:
+        raise ConfigError(f"lr_layer_decay ({lr_layer_decay!r}) cannot be used with optimizer Prodigy: {why}; "
+                          "remove lr_layer_decay or pick an optimizer such as AdamW")

@@ -20,6 +20,7 @@ from detune._optimizers import (
     SCHEDULE_FREE,
     TORCH_OPTIMIZERS,
     default_lr0,
+    prodigy_rules,
     require_package,
     schedule_free_rules,
 )
@@ -359,6 +360,10 @@ def _validate_choices(cfg: TrainConfig) -> None:
         object.__setattr__(cfg, "optimizer", canonical[str(cfg.optimizer).lower()])
     require_package(cfg.optimizer)
     schedule_free_rules(cfg.optimizer, cfg.scheduler, cfg.cos_lr, cfg.momentum)
+    if cfg.optimizer == "Prodigy" and cfg.lr0 != "auto" and cfg.lr0 < 0.1:
+        warnings.warn(f"optimizer Prodigy estimates its step size and multiplies it by lr0, which its authors keep "
+                      f"at 1.0; lr0={cfg.lr0:g} makes every step {1 / cfg.lr0:.0f}x smaller: set lr0: 1.0",
+                      DetuneWarning, stacklevel=4)
     if cfg.optimizer == "auto":
         warnings.warn("optimizer='auto' makes Ultralytics ignore lr0, momentum and warmup_bias_lr (it picks AdamW "
                       "or MuSGD with its own lr); set an explicit optimizer such as SGD to control the LR",
@@ -383,6 +388,7 @@ def _validate_choices(cfg: TrainConfig) -> None:
     if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1):
         _fail("lr_layer_decay", decay, "must be a number in (0, 1] or null",
               "use e.g. 0.8 (each layer 0.8x the lr of the one above it, the head at lr0)")
+    prodigy_rules(cfg.optimizer, cfg.lr_mult, decay)
 
 
 def _validate_schedule(cfg: TrainConfig) -> None:
@@ -441,9 +447,11 @@ def optimizer_warmup_steps(cfg: TrainConfig, steps_per_epoch: float) -> int:
 def _full_plan(cfg: TrainConfig, steps_per_epoch: float) -> Any:
     from detune.schedules import build_plan
 
+    # Prodigy refuses groups with different lrs (other than 0): its biases warm up from 0 like the weights
+    bias_lr = 0.0 if cfg.optimizer == "Prodigy" else cfg.warmup_bias_lr
     return build_plan(scheduler=cfg.schedule_name, scheduler_params=schedule_kwargs(cfg), lr0=cfg.effective_lr0,
                       epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, interval=cfg.scheduler_interval,
-                      warmup_epochs=cfg.warmup_epochs, warmup_bias_lr=cfg.warmup_bias_lr,
+                      warmup_epochs=cfg.warmup_epochs, warmup_bias_lr=bias_lr,
                       warmup_momentum=cfg.warmup_momentum, momentum=cfg.momentum)
 
 

@@ -305,7 +305,7 @@ def test_default_lr0_per_optimizer() -> None:
     from detune.config import OPTIMIZERS, default_lr0
 
     expected = {"SGD": 0.01, "MuSGD": 0.01, "auto": 0.01, "Adagrad": 0.01, "Adadelta": 1.0,
-                "AdamWScheduleFree": 0.0025, "SGDScheduleFree": 0.1, "Prodigy": 1.0}
+                "SGDScheduleFree": 0.1, "Prodigy": 1.0}
     assert {o: default_lr0(o) for o in OPTIMIZERS} == {o: expected.get(o, 0.001) for o in OPTIMIZERS}
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from detune import _optimizers
-from detune.config import from_dict, lr_plan, optimizer_warmup_steps
+from detune.config import DetuneWarning, from_dict, lr_plan, optimizer_warmup_steps
 from detune.errors import ConfigError
 
 SCHEDULE_FREE = ["AdamWScheduleFree", "SGDScheduleFree"]
@@ -49,6 +49,7 @@ def test_prodigy_keeps_the_schedule_as_a_multiplier_of_lr0_1() -> None:
     assert cfg.schedule_name == "linear"
     plan = lr_plan(cfg, steps_per_epoch=2)
     assert plan.warmup_steps == 2 and plan.lr(7, 3) < 1.0
+    assert plan.lr(0, 0, bias=True) == 0.0 and plan.lr(1, 0, bias=True) == plan.lr(1, 0)  # one lr for all groups
 
 
 # ---- real tiny trainings on CPU ---------------------------------------------------------------------------
@@ -60,7 +61,7 @@ def _fast(tiny: dict, **changes) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("optimizer", "lr0"), [("AdamWScheduleFree", 0.0025), ("SGDScheduleFree", 0.1)])
+@pytest.mark.parametrize(("optimizer", "lr0"), [("AdamWScheduleFree", 0.001), ("SGDScheduleFree", 0.1)])
 def test_schedule_free_trains_warms_up_and_evaluates_and_saves_its_eval_weights(
         tiny: dict, optimizer: str, lr0: float, monkeypatch: pytest.MonkeyPatch) -> None:
     import schedulefree
@@ -121,3 +122,40 @@ def test_schedule_free_trains_warms_up_and_evaluates_and_saves_its_eval_weights(
     assert tracked == {4}  # BatchNorm statistics recomputed at x over the epoch's 4 batches (not 8 training ones)
     final = result.history[-1]
     assert all(math.isfinite(final[k]) for k in ("metrics/mAP50-95", "val/box_loss", "train/box_loss"))
+
+
+def test_prodigy_refuses_per_group_factors_and_warns_about_a_small_lr0() -> None:
+    with pytest.raises(ConfigError, match=r"lr_mult \(\{'backbone': 0\.1\}\) cannot be used with optimizer Prodigy: "
+                                          r"Prodigy moves every param group by the same step"):
+        from_dict({"optimizer": "Prodigy", "lr0": 1.0, "lr_mult": {"backbone": 0.1}})
+    with pytest.raises(ConfigError, match=r"lr_layer_decay \(0\.8\) cannot be used with optimizer Prodigy"):
+        from_dict({"optimizer": "Prodigy", "lr0": 1.0, "lr_layer_decay": 0.8})
+    with pytest.warns(DetuneWarning, match=r"lr0=0\.01 makes every step 100x smaller: set lr0: 1\.0"):
+        from_dict({"optimizer": "Prodigy"})
+
+
+@pytest.mark.slow
+def test_prodigy_trains_with_lr0_1_and_detune_schedule_as_multiplier(tiny: dict) -> None:
+    from prodigyopt import Prodigy
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    import detune
+
+    steps: list[dict] = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: steps.append(
+        {"type": type(opt), "lr": [g["lr"] for g in opt.param_groups], "d_denom": opt.param_groups[0].get("d_denom"),
+         "decay": [g["weight_decay"] for g in opt.param_groups], "safeguard": opt.param_groups[0]["safeguard_warmup"]}))
+    try:
+        result = detune.train(**_fast(tiny, optimizer="Prodigy", lr0=1.0, epochs=2, warmup_epochs=0.5,
+                                      scheduler="linear", lrf=0.1, weight_decay=0.001))
+    finally:
+        handle.remove()
+    assert result.status == "completed", result.reason
+    assert {s["type"] for s in steps} == {Prodigy} and len(steps) == 8
+    assert steps[0]["decay"] == [0.001, 0.0, 0.0] and steps[0]["safeguard"]
+    weights = [s["lr"][0] for s in steps]
+    assert weights == pytest.approx([r["lr/pg0"] for r in result.steps])  # detune's warmup and schedule
+    assert all(len(set(s["lr"])) == 1 for s in steps)  # one lr for every group (Prodigy refuses others)
+    assert weights[0] == 0.0 and max(weights) <= 1.0 and weights[-1] < weights[2]
+    assert steps[-1]["d_denom"] > 0  # Prodigy's step-size estimate runs (on this tiny data d stays at d0)
+    assert all(math.isfinite(result.history[-1][k]) for k in ("metrics/mAP50-95", "val/box_loss"))
