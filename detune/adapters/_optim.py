@@ -14,6 +14,7 @@ import torch
 
 from detune._optimizers import SCHEDULE_FREE, TORCH_OPTIMIZERS
 from detune.config import TrainConfig
+from detune.errors import AdapterError
 
 __all__ = ["BN_BATCHES", "build", "refresh_batchnorm", "to_eval", "trainer_to_eval"]
 
@@ -44,7 +45,7 @@ def build(cfg: TrainConfig, built: Any) -> Any:
         from prodigyopt import Prodigy
 
         return Prodigy(groups, betas=(cfg.momentum, 0.999), safeguard_warmup=cfg.warmup_epochs > 0)
-    raise ValueError(f"detune does not build optimizer {name!r}")  # unreachable: config validated the name
+    raise AdapterError(f"detune does not build optimizer {name!r}")  # unreachable: config validated the name
 
 
 def trainer_to_eval(trainer: Any) -> None:
