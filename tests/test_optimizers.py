@@ -159,3 +159,39 @@ def test_prodigy_trains_with_lr0_1_and_detune_schedule_as_multiplier(tiny: dict)
     assert weights[0] == 0.0 and max(weights) <= 1.0 and weights[-1] < weights[2]
     assert steps[-1]["d_denom"] > 0  # Prodigy's step-size estimate runs (on this tiny data d stays at d0)
     assert all(math.isfinite(result.history[-1][k]) for k in ("metrics/mAP50-95", "val/box_loss"))
+
+
+@pytest.mark.slow
+def test_schedule_free_resumes_from_a_mid_run_checkpoint(tiny: dict, tmp_path) -> None:
+    """What a study trial (and PBT's exploit) does: keep last.pt at an epoch end, continue from it later. The
+    checkpoint holds the eval weights x and the optimizer in eval mode; the resumed run goes back to y, keeps
+    counting steps and trains on."""
+    import shutil
+
+    import schedulefree
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from detune.training import run
+
+    kept = tmp_path / "kept"
+
+    class KeepCheckpoint:
+        def on_epoch(self, record: dict, weights_dir) -> None:
+            shutil.copytree(weights_dir, kept, dirs_exist_ok=True)
+
+    settings = _fast(tiny, optimizer="SGDScheduleFree", lr0=0.1, warmup_epochs=0.0)
+    first = run(from_dict({**settings, "epochs": 1}), observers=[KeepCheckpoint()])
+    assert first.status == "completed", first.reason
+    saved = torch.load(kept / "last.pt", weights_only=False)["optimizer"]
+    assert saved["param_groups"][0]["train_mode"] is False and saved["param_groups"][0]["k"] == 4
+    steps: list[tuple] = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: steps.append(
+        (type(opt), opt.param_groups[0]["k"], opt.param_groups[0]["train_mode"])))
+    try:
+        resumed = run(from_dict({**settings, "epochs": 2, "name": "resumed"}), resume_from=kept / "last.pt")
+    finally:
+        handle.remove()
+    assert resumed.status == "completed", resumed.reason
+    assert steps == [(schedulefree.SGDScheduleFree, k, True) for k in range(4, 8)]
+    assert [h["epoch"] for h in resumed.history] == [2] and math.isfinite(resumed.history[0]["metrics/mAP50-95"])
