@@ -15,35 +15,30 @@ from typing import Any
 import yaml
 
 from detune._checks import is_number
+from detune._optimizers import (
+    OPTIMIZERS,
+    SCHEDULE_FREE,
+    TORCH_OPTIMIZERS,
+    default_lr0,
+    prodigy_rules,
+    require_package,
+    schedule_free_rules,
+)
 from detune._yaml import YamlRefused, safe_load
 from detune.errors import ConfigError, did_you_mean
 
 __all__ = ["DetuneWarning", "FIELDS", "INTERVALS", "LR_MULT_PARTS", "LR_SCALINGS", "MAX_BATCH", "MAX_CONFIG_BYTES",
            "MAX_DIVERGENCE_FACTOR", "MAX_EPOCHS", "MAX_IMGSZ", "MAX_LR", "MAX_LR_MULT", "MAX_SEED", "MAX_THREADS",
-           "NOMINAL_BATCH", "OPTIMIZERS", "TORCH_OPTIMIZERS", "TrainConfig", "WARMUP_EPOCHS", "default_lr0",
-           "from_dict", "load_config", "lr_plan", "optimizer_steps", "parse_device", "parse_overrides", "read_yaml",
-           "resolve_schedule_name", "schedule_kwargs", "ultralytics_train_keys"]
+           "NOMINAL_BATCH", "OPTIMIZERS", "SCHEDULE_FREE", "TORCH_OPTIMIZERS", "TrainConfig", "WARMUP_EPOCHS",
+           "default_lr0", "from_dict", "load_config", "lr_plan", "optimizer_steps", "optimizer_warmup_steps",
+           "parse_device", "parse_overrides", "read_yaml", "resolve_schedule_name", "schedule_kwargs",
+           "ultralytics_train_keys"]
 
 
 class DetuneWarning(UserWarning):
     """A setting is accepted but probably not what the user wants (shown by the CLI, never printed here)."""
 
 
-OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp", "MuSGD", "Adagrad", "Adadelta", "auto")
-# Optimizers Ultralytics does not build: detune builds them (torch.optim) from the param groups Ultralytics
-# makes for SGD (weights with decay, norm weights, biases), so lr0, weight_decay, warmup and schedules apply.
-TORCH_OPTIMIZERS = ("Adagrad", "Adadelta")
-# Ultralytics' documented lr0 defaults (default.yaml: "SGD=1E-2, Adam=1E-3", RMSProp adaptive like Adam) and
-# torch's for the optimizers detune builds itself: the lr0 of an lr0="auto" the LR finder could not resolve,
-# and the centre of each optimizer family in the default search space.
-_DEFAULT_LR0 = {"Adam": 1e-3, "Adamax": 1e-3, "AdamW": 1e-3, "NAdam": 1e-3, "RAdam": 1e-3, "RMSProp": 1e-3,
-                "Adagrad": 1e-2, "Adadelta": 1.0}
-
-
-def default_lr0(optimizer: str) -> float:
-    """The default lr0 of ``optimizer``: 0.01 for SGD and MuSGD, 0.001 for Adam-like ones, torch's own for
-    Adagrad (0.01) and Adadelta (1.0)."""
-    return _DEFAULT_LR0.get(optimizer, 1e-2)
 LR_MULT_PARTS = ("backbone", "neck", "head")
 LR_SCALINGS = ("none", "linear", "sqrt")
 INTERVALS = ("step", "epoch")
@@ -102,7 +97,7 @@ class TrainConfig:
     warmup_bias_lr: float = 0.1
     cos_lr: bool = False
     nbs: int = 64
-    scheduler: str | None = None  # None: "cosine" if cos_lr else "linear", as Ultralytics does
+    scheduler: str | None = None  # None: cosine if cos_lr else linear (Ultralytics); schedule-free: constant
     scheduler_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     scheduler_interval: str = "step"
     lr_mult: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -130,7 +125,7 @@ class TrainConfig:
 
     @property
     def schedule_name(self) -> str:
-        return resolve_schedule_name(self.scheduler, self.cos_lr)
+        return resolve_schedule_name(self.scheduler, self.cos_lr, self.optimizer)
 
     @property
     def accumulate(self) -> int:
@@ -161,8 +156,11 @@ class TrainConfig:
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra")
 
 
-def resolve_schedule_name(scheduler: str | None, cos_lr: bool) -> str:
-    """The schedule a config runs: ``scheduler``, else Ultralytics' own (cosine with ``cos_lr``, else linear)."""
+def resolve_schedule_name(scheduler: str | None, cos_lr: bool, optimizer: str | None = None) -> str:
+    """The schedule a config runs: ``scheduler``, else Ultralytics' own (cosine with ``cos_lr``, else linear);
+    constant for a schedule-free optimizer when ``scheduler`` is unset."""
+    if optimizer in SCHEDULE_FREE and scheduler is None:
+        return "constant"
     return scheduler or ("cosine" if cos_lr else "linear")
 
 
@@ -360,6 +358,12 @@ def _validate_choices(cfg: TrainConfig) -> None:
         _fail("optimizer", cfg.optimizer, f"is not one of {', '.join(OPTIMIZERS)}", "pick one of those, e.g. SGD")
     if canonical[str(cfg.optimizer).lower()] != cfg.optimizer:
         object.__setattr__(cfg, "optimizer", canonical[str(cfg.optimizer).lower()])
+    require_package(cfg.optimizer)
+    schedule_free_rules(cfg.optimizer, cfg.scheduler, cfg.cos_lr, cfg.momentum)
+    if cfg.optimizer == "Prodigy" and cfg.lr0 != "auto" and cfg.lr0 < 0.1:
+        warnings.warn(f"optimizer Prodigy estimates its step size and multiplies it by lr0, which its authors keep "
+                      f"at 1.0; lr0={cfg.lr0:g} makes every step {1 / cfg.lr0:.0f}x smaller: set lr0: 1.0",
+                      DetuneWarning, stacklevel=4)
     if cfg.optimizer == "auto":
         warnings.warn("optimizer='auto' makes Ultralytics ignore lr0, momentum and warmup_bias_lr (it picks AdamW "
                       "or MuSGD with its own lr); set an explicit optimizer such as SGD to control the LR",
@@ -384,6 +388,7 @@ def _validate_choices(cfg: TrainConfig) -> None:
     if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1):
         _fail("lr_layer_decay", decay, "must be a number in (0, 1] or null",
               "use e.g. 0.8 (each layer 0.8x the lr of the one above it, the head at lr0)")
+    prodigy_rules(cfg.optimizer, cfg.lr_mult, decay)
 
 
 def _validate_schedule(cfg: TrainConfig) -> None:
@@ -427,11 +432,26 @@ def optimizer_steps(cfg: TrainConfig, train_images: int) -> tuple[int, int, int]
 def lr_plan(cfg: TrainConfig, steps_per_epoch: float) -> Any:
     """The ``detune.schedules.LRPlan`` of a training config (the one place a config becomes a plan: the
     adapter applies it, ``detune schedule`` and the run's lr_schedule.png draw it)."""
+    plan = _full_plan(cfg, steps_per_epoch)
+    if cfg.optimizer in SCHEDULE_FREE:  # it warms up itself (optimizer_warmup_steps): no second warmup on top
+        plan = dataclasses.replace(plan, warmup_steps=0)
+    return plan
+
+
+def optimizer_warmup_steps(cfg: TrainConfig, steps_per_epoch: float) -> int:
+    """The ``warmup_steps`` handed to a schedule-free optimizer: the optimizer steps of the warmup detune's
+    plan would have had (``warmup_epochs`` x steps per epoch, as Ultralytics rounds it); 0 for the others."""
+    return _full_plan(cfg, steps_per_epoch).warmup_steps if cfg.optimizer in SCHEDULE_FREE else 0
+
+
+def _full_plan(cfg: TrainConfig, steps_per_epoch: float) -> Any:
     from detune.schedules import build_plan
 
+    # Prodigy refuses groups with different lrs (other than 0): its biases warm up from 0 like the weights
+    bias_lr = 0.0 if cfg.optimizer == "Prodigy" else cfg.warmup_bias_lr
     return build_plan(scheduler=cfg.schedule_name, scheduler_params=schedule_kwargs(cfg), lr0=cfg.effective_lr0,
                       epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, interval=cfg.scheduler_interval,
-                      warmup_epochs=cfg.warmup_epochs, warmup_bias_lr=cfg.warmup_bias_lr,
+                      warmup_epochs=cfg.warmup_epochs, warmup_bias_lr=bias_lr,
                       warmup_momentum=cfg.warmup_momentum, momentum=cfg.momentum)
 
 

@@ -8,7 +8,7 @@ is the config itself. Pure: builds ``Dim`` objects, imports nothing heavy.
 
 from __future__ import annotations
 
-from detune.config import MAX_LR, TrainConfig, default_lr0
+from detune.config import MAX_LR, SCHEDULE_FREE, TrainConfig, default_lr0
 from detune.search_space import Dim
 
 LR0_SPAN = (0.1, 10.0)  # x[1/10, 10] around the centre
@@ -32,8 +32,9 @@ def default_space(train: TrainConfig, lr_suggestion: float | None = None) -> dic
         family's centre (the other family's centre is 10x apart, as Ultralytics' defaults are; clipped so
         lr0 stays within config.py's range), ``lrf`` log-uniform [0.01, 1], ``one_minus_momentum``
         log-uniform [0.02, 0.3], ``warmup_epochs`` uniform [0, min(5, epochs / 3)] (widened to the config's
-        own warmup), ``scheduler`` linear or cosine (plus the config's own kind). Every range is widened
-        to hold the config's own value, so the baseline trial is always a point of the space.
+        own warmup), ``scheduler`` linear or cosine (plus the config's own kind; no ``scheduler`` for a
+        schedule-free config: its trials run constant, the SGD and AdamW trials Ultralytics' linear). Every
+        range is widened to hold the config's own value, so the baseline trial is always a point of the space.
     """
     centre = lr_suggestion if lr_suggestion is not None else train.lr0
     families = _with(FAMILIES, train.optimizer if train.optimizer != "auto" else None)
@@ -47,7 +48,7 @@ def default_space(train: TrainConfig, lr_suggestion: float | None = None) -> dic
     gap = 1.0 - train.momentum
     one_minus_momentum = (min(ONE_MINUS_MOMENTUM[0], gap), max(ONE_MINUS_MOMENTUM[1], gap)) if gap > 0 else \
         ONE_MINUS_MOMENTUM
-    return {
+    space = {
         "optimizer": Dim("optimizer", "choice", families),
         "lr0_scale": Dim("lr0_scale", "loguniform", (low, high)),
         "lrf": Dim("lrf", "loguniform", lrf),
@@ -55,6 +56,9 @@ def default_space(train: TrainConfig, lr_suggestion: float | None = None) -> dic
         "warmup_epochs": Dim("warmup_epochs", "uniform", (0.0, warmup_high)),
         "scheduler": Dim("scheduler", "choice", _with(SCHEDULES, train.schedule_name)),
     }
+    if train.optimizer in SCHEDULE_FREE:  # it refuses any schedule but constant
+        del space["scheduler"]
+    return space
 
 
 def _with(values: tuple[str, ...], own: str | None) -> tuple[str, ...]:

@@ -263,7 +263,8 @@ def _effective(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, 
     from detune.search_space import apply_params
 
     merged = apply_params(dict(base), {k: v for k, v in params.items() if isinstance(k, str)})
-    scheduler = resolve_schedule_name(merged.get("scheduler"), str(merged.get("cos_lr")).lower() == "true")
+    scheduler = resolve_schedule_name(merged.get("scheduler"), str(merged.get("cos_lr")).lower() == "true",
+                                      merged.get("optimizer"))
     return {"lr0": _float(merged.get("lr0", 0.01)), "scheduler": scheduler}
 
 

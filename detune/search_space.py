@@ -11,7 +11,7 @@ from typing import Any
 
 from detune._checks import is_number
 from detune._derived import DERIVED_KEYS, apply_derived, baseline_values
-from detune.config import FIELDS, TrainConfig, from_dict, ultralytics_train_keys
+from detune.config import FIELDS, TrainConfig, from_dict, resolve_schedule_name, ultralytics_train_keys
 from detune.errors import ConfigError, did_you_mean
 
 __all__ = ["DISTRIBUTIONS", "Dim", "apply_params", "baseline_point", "parse_search_space"]
@@ -140,7 +140,7 @@ def apply_params(train: Mapping[str, Any], params: Mapping[str, Any]) -> dict[st
         if "." not in key:
             out[key] = value
     apply_derived(out, train)  # lr0_scale, one_minus_momentum (detune._derived)
-    scheduler = out.get("scheduler") or ("cosine" if out.get("cos_lr") else "linear")
+    scheduler = resolve_schedule_name(out.get("scheduler"), bool(out.get("cos_lr")), out.get("optimizer"))
     for key, value in params.items():
         parts = key.split(".")
         if len(parts) == 1:

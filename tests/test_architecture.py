@@ -15,7 +15,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "detune"
 # Each heavy dependency and the only modules allowed to import it (module names, packages end in a dot).
 HOMES = {
     "ultralytics": ("detune.adapters.ultralytics",),
-    "torch": ("detune.adapters.ultralytics",),
+    "torch": ("detune.adapters.ultralytics", "detune.adapters._optim"),  # _optim: the adapter's optimizers
+    "schedulefree": ("detune.adapters._optim",),
+    "prodigyopt": ("detune.adapters._optim",),
     "ray": ("detune.tuning",),
     "optuna": ("detune.tuning",),
     "mlflow": ("detune.tracking.",),

@@ -304,7 +304,8 @@ def test_study_with_the_default_warmup_and_short_epochs_runs_in_ray(tmp_path: Pa
 def test_default_lr0_per_optimizer() -> None:
     from detune.config import OPTIMIZERS, default_lr0
 
-    expected = {"SGD": 0.01, "MuSGD": 0.01, "auto": 0.01, "Adagrad": 0.01, "Adadelta": 1.0}
+    expected = {"SGD": 0.01, "MuSGD": 0.01, "auto": 0.01, "Adagrad": 0.01, "Adadelta": 1.0,
+                "SGDScheduleFree": 0.1, "Prodigy": 1.0}
     assert {o: default_lr0(o) for o in OPTIMIZERS} == {o: expected.get(o, 0.001) for o in OPTIMIZERS}
 
 

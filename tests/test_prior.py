@@ -152,3 +152,14 @@ def test_the_lr_finder_centres_the_prior_of_a_lr0_auto_study(tmp_path: object, s
     flat = _fake.Fake(curve=lambda lr: 1.0)  # no signal: Ultralytics' default for the optimizer, with a warning
     with pytest.warns(DetuneWarning, match="gave no valley suggestion"):
         assert _centre_prior(study, {}, None, None, fit=flat).train.lr0 == 0.01
+
+
+def test_a_schedule_free_config_searches_no_schedule_and_its_trials_are_valid() -> None:
+    """Its trials run constant (the optimizer's own), the SGD and AdamW trials Ultralytics' linear."""
+    train = _train(optimizer="SGDScheduleFree", lr0=0.1)
+    dims = default_space(train)
+    assert "scheduler" not in dims and dims["optimizer"].args == ("SGD", "AdamW", "SGDScheduleFree")
+    own = _trial(train, {"optimizer": "SGDScheduleFree", "lr0_scale": 2.0, "lrf": 0.1, "warmup_epochs": 1.0})
+    assert own.schedule_name == "constant" and own.lr0 == pytest.approx(0.2)
+    other = _trial(train, {"optimizer": "SGD", "lr0_scale": 1.0})
+    assert other.schedule_name == "linear" and other.lr0 == pytest.approx(0.01)  # SGD's centre, 10x below

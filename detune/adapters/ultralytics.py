@@ -18,8 +18,10 @@ from typing import Any
 
 from detune import _runtime
 from detune._lr_suggest import LossSmoother, StopRule
+from detune._optimizers import SCHEDULE_FREE, detune_built
+from detune.adapters import _optim
 from detune.adapters.base import STATE_FILE, Observer, Probe, RunOutcome, attach_partial, sha256, trusted_state
-from detune.config import TORCH_OPTIMIZERS, TrainConfig, lr_plan
+from detune.config import TrainConfig, lr_plan, optimizer_warmup_steps
 from detune.errors import AdapterError, ConfigError
 
 __all__ = ["STATE_FILE", "Observer", "Probe", "RunOutcome", "check_device", "fit", "metric_name", "resolve_device",
@@ -134,7 +136,18 @@ class _Control:
                      "warmup_steps": self.plan.warmup_steps, "device": str(trainer.device),
                      "save_dir": str(trainer.save_dir), "param_groups": len(trainer.optimizer.param_groups),
                      "start_epoch": trainer.start_epoch}
+        if self.cfg.optimizer in SCHEDULE_FREE:
+            self.start_schedule_free(trainer, steps_per_epoch)
         self.call("on_start", dict(self.info))
+
+    def start_schedule_free(self, trainer: Any, steps_per_epoch: float) -> None:
+        """The optimizer warms up itself (detune's plan holds lr0, see ``lr_plan``) and its evaluation weights
+        are already an average: Ultralytics' EMA stops updating and holds a copy of them (``to_eval``)."""
+        warmup_steps = 0 if self.probe is not None else optimizer_warmup_steps(self.cfg, steps_per_epoch)
+        for group in trainer.optimizer.param_groups:
+            group["warmup_steps"] = warmup_steps
+        trainer.ema.enabled = False
+        self.info["optimizer_warmup_steps"] = warmup_steps
 
     def apply(self, trainer: Any) -> None:
         """Set every param group's lr (and momentum) for the optimizer step about to happen."""
@@ -229,8 +242,8 @@ def _trainer_class(ctl: _Control) -> type:
 
         def build_optimizer(self, *args: Any, **kwargs: Any) -> Any:
             optimizer = super().build_optimizer(*args, **kwargs)
-            if ctl.cfg.optimizer in TORCH_OPTIMIZERS:  # Ultralytics built SGD (yolo_overrides): same groups
-                optimizer = torch_optimizer(ctl.cfg.optimizer, optimizer)
+            if detune_built(ctl.cfg.optimizer):  # Ultralytics built SGD (yolo_overrides): same groups
+                optimizer = _optim.build(ctl.cfg, optimizer)
             if ctl.cfg.lr_mult:
                 _split_groups(optimizer, self.model, ctl.cfg.lr_mult)
             if ctl.cfg.lr_layer_decay is not None and ctl.cfg.lr_layer_decay != 1:
@@ -245,18 +258,24 @@ def _trainer_class(ctl: _Control) -> type:
             ctl.apply(self)
             super().optimizer_step()
 
+        # A schedule-free optimizer trains at y and is evaluated at x: switch wherever Ultralytics switches the
+        # model, and before every checkpoint (best.pt and last.pt hold x, with BatchNorm statistics at x).
+        def _model_train(self) -> None:
+            super()._model_train()
+            if ctl.cfg.optimizer in SCHEDULE_FREE:
+                self.optimizer.train()
+
+        def validate(self) -> Any:
+            if ctl.cfg.optimizer in SCHEDULE_FREE:
+                _optim.trainer_to_eval(self)
+            return super().validate()
+
+        def save_model(self) -> Any:
+            if ctl.cfg.optimizer in SCHEDULE_FREE:
+                _optim.trainer_to_eval(self)
+            return super().save_model()
+
     return DetuneTrainer
-
-
-def torch_optimizer(name: str, built: Any) -> Any:
-    """``torch.optim.<name>`` over the param groups of the optimizer Ultralytics ``built`` (pg0 weights with
-    weight_decay, pg1 norm weights and pg2 biases without), each with its lr, weight_decay and group name;
-    the optimizer's other settings are torch's defaults (it has no momentum: warmup_momentum does nothing)."""
-    import torch
-
-    groups = [{"params": g["params"], "lr": g["lr"], "weight_decay": g["weight_decay"],
-               "param_group": g.get("param_group")} for g in built.param_groups]
-    return getattr(torch.optim, name)(groups)
 
 
 def _drop_integration_callbacks(callbacks: dict[str, list[Callable[..., Any]]]) -> None:
@@ -319,7 +338,7 @@ def yolo_lr0(cfg: TrainConfig) -> float:
 
 def _yolo_optimizer(name: str) -> str:
     """The optimizer Ultralytics builds: its spelling of RMSProp; SGD for those detune rebuilds from its groups."""
-    return "RMSprop" if name == "RMSProp" else "SGD" if name in TORCH_OPTIMIZERS else name
+    return "RMSprop" if name == "RMSProp" else "SGD" if detune_built(name) else name
 
 
 def yolo_overrides(cfg: TrainConfig, data_yaml: Path, *, validate: bool = True) -> dict[str, Any]:
