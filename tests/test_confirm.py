@@ -20,7 +20,7 @@ def test_settings_parse_validate_and_round_trip() -> None:
     assert parse_confirm({"top_k": 3, "seeds": 2}, num_samples=12) == ConfirmSettings(top_k=3, seeds=2)
     assert parse_confirm(True, num_samples=12) == ConfirmSettings()
     assert parse_confirm(False, num_samples=12) is None
-    assert parse_confirm(None, num_samples=12) is None  # off until detune.tune runs the stage (see README)
+    assert parse_confirm(None, num_samples=12) is None  # absent: load_study turns it on for CONFIRM_FROM trials
     assert parse_confirm({"top_k": 2}, num_samples=12) == ConfirmSettings(top_k=2, seeds=2)
     settings = ConfirmSettings(top_k=4, seeds=3)
     assert parse_confirm(settings.to_dict(), num_samples=12) == settings
