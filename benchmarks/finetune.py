@@ -39,6 +39,7 @@ import _targets
 import pretrain
 import search
 
+from detune.rungs import NOISE_FLOOR
 from detune.study_files import TRIAL_COLUMNS
 
 STRATEGIES = ("detune_default", "detune_prior", "ultralytics_ga", "ultralytics_ray")
@@ -188,6 +189,10 @@ def _confirmed_test(run_: dict[str, Any], trial: str | None = None) -> dict[str,
 def goal_lines(s: dict[str, Any], runs: dict[str, list[dict[str, Any]]],
                refs: dict[str, dict[str, Any]]) -> list[str]:
     """Issue 15's goals on one target, for each detune strategy: met or missed, and by how much."""
+    top = max((_best(r, s) for repeats in runs.values() for r in repeats), default=0.0)
+    if top < NOISE_FLOOR:
+        return [f"- not comparable: no trial of any strategy reached mAP50-95 {NOISE_FLOOR} (detune.rungs' noise "
+                f"floor; best {top:.4f}) at this budget"]
     lines = []
     ga = runs.get("ultralytics_ga", [])
     if ga:
@@ -263,7 +268,8 @@ def plot(target: str, s: dict[str, Any], runs: dict[str, list[dict[str, Any]]], 
         if total > end:
             ax.plot([end, total], [med[-1], med[-1]], ls=":", color=line.get_color())
     ax.set(xlabel="cumulative trial-epochs", ylabel="best fitness so far (mAP50-95)",
-           title=f"Fine-tuning searches on {target}: median over repeats, band min-max")
+           title=f"{'From-scratch' if target == 'shapes' else 'Fine-tuning'} searches on {target}: median over "
+                 "repeats, band min-max")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -336,8 +342,8 @@ def main() -> int:
     if args.render:
         results = json.loads(saved.read_text())
         head = {k: results.pop(k) for k in ("benchmark", "command", "date", "machine", "seconds")}
-        _common.save(args.out, {**head, "started": time.monotonic() - head["seconds"]}, results,
-                     render(results, args.out))
+        markdown = render(results, args.out)
+        _common.save(args.out, {**head, "started": time.monotonic() - head["seconds"]}, results, markdown)
         return 0
     mode = _targets.mode(args.gpu, args.quick)
     head = _common.start("finetune")

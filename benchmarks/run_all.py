@@ -46,7 +46,7 @@ def summary(out: Path) -> list[str]:
         rows.append(f"| 4. LR finder, {x['dataset']} {x['optimizer']}: suggestion / best grid lr0 | within 3x | "
                     f"{x['ratio']:.2f} ({'met' if x['within_goal'] else 'MISSED'}) |")
     for target, t in ((load("finetune") or {}).get("targets") or {}).items():
-        rows += [f"| 5. fine-tuning search, {target} | issue 15 | {line.removeprefix('- ')} |"
+        rows += [f"| 5. searches of issue 15, {target} | issue 15 | {line.removeprefix('- ')} |"
                  for line in t.get("goals", [])]
     return rows
 
