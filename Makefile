@@ -30,4 +30,4 @@ browser:
 		|| echo "warning: could not install chromium with apt; tests/test_ui_browser.py will skip" >&2
 
 clean:
-	rm -rf $(VENV) runs mlflow.db
+	rm -rf $(VENV) runs mlflow.db mlflow.db.lock

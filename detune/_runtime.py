@@ -144,4 +144,7 @@ def quiet_loggers() -> None:
     if not _STATE["verbose"]:
         for name in _CHATTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+        # Ray's "Experiment state snapshotting has been triggered multiple times" tuning hint, printed
+        # every few seconds of a study whose epochs are short: nothing a user of detune can act on.
+        logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.ERROR)
 
