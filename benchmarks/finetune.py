@@ -9,6 +9,9 @@ changes; Ultralytics' genetic tuner has no seed, so its repeats show its spread)
 - ``detune_prior``: the issue-15 design, detune's default since these runs (``detune.prior`` space around the
   config's lr0 with the optimizer family, warmup and schedule; Optuna GP sampler; the ``detection`` rung
   rules; confirmation of the top 2 with 2 seeds, its retrainings counted in the trial-epochs);
+- ``detune_tpe``, ``detune_cmaes``, ``detune_local``: the same design with another Optuna sampler (issue 15's
+  sampler comparison): TPE, CMA-ES started at the baseline (x0), and detune's local search around the best
+  trial so far (``search_params.sampler: local``, the genetic tuner's idea);
 - ``ultralytics_ga`` and ``ultralytics_ray``: ``model.tune()`` and ``model.tune(use_ray=True)`` on lr0, lrf,
   momentum (the bounds of ``search.SPACE``).
 
@@ -42,9 +45,12 @@ import search
 from detune.rungs import NOISE_FLOOR
 from detune.study_files import TRIAL_COLUMNS
 
-STRATEGIES = ("detune_default", "detune_prior", "ultralytics_ga", "ultralytics_ray")
+SAMPLERS = {"detune_prior": "gp", "detune_tpe": "tpe", "detune_cmaes": "cmaes", "detune_local": "local"}
+STRATEGIES = ("detune_default", *SAMPLERS, "ultralytics_ga", "ultralytics_ray")
 LABELS = {**search.LABELS, "detune_default": "detune's old default (TPE + ASHA, log lr0)",
-          "detune_prior": "detune default (prior + GP + detection rungs + confirm)"}
+          "detune_prior": "detune default (prior + GP + detection rungs + confirm)",
+          "detune_tpe": "detune design, TPE sampler", "detune_cmaes": "detune design, CMA-ES from the baseline",
+          "detune_local": "detune design, local search (sampler: local)"}
 SIZES = {
     "cpu": {"target": {"trials": 12, "epochs": 6, "imgsz": 64, "batch": 16},
             "coco128": {"trials": 8, "epochs": 4, "imgsz": 128, "batch": 16}},
@@ -59,10 +65,12 @@ TARGETS = ("target", "coco128", "shapes")
 CONFIRM = {"top_k": 2, "seeds": 2}
 
 
-def prior_study(s: dict[str, Any], data: Path, work: Path, gpu: bool, seed: int) -> dict[str, Any]:
-    """The candidate default: no search_space (detune.prior's), GP sampler, detection rungs, confirmation."""
+def prior_study(s: dict[str, Any], data: Path, work: Path, gpu: bool, seed: int,
+                sampler: str = "gp") -> dict[str, Any]:
+    """The default design: no search_space (detune.prior's), an Optuna sampler (GP: the default), detection
+    rungs, confirmation."""
     return {"name": "detune_prior", "train": search.train_settings(s, data, gpu),
-            "search": "optuna", "search_params": {"sampler": "gp"}, "trial_scheduler": "detection",
+            "search": "optuna", "search_params": {"sampler": sampler}, "trial_scheduler": "detection",
             "num_samples": s["trials"], "max_concurrent_trials": None if gpu else 2, "seed": seed,
             "confirm": CONFIRM if s["trials"] > 2 else {"top_k": 1, "seeds": 1},
             "resources_per_trial": {"cpu": 1, "gpu": 1 if gpu else 0}, "metric": search.METRIC, "mode": "max",
@@ -85,7 +93,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 "seconds": time.monotonic() - start}
     import detune
 
-    result = detune.tune(prior_study(s, data, work, gpu, spec["seed"]))
+    result = detune.tune(prior_study(s, data, work, gpu, spec["seed"], SAMPLERS[strategy]))
     rows = {str(t["trial_id"]): t for t in result.trials}
     trials = []
     for r in result.result_grid:
@@ -299,6 +307,12 @@ def _recorded_shapes(t: dict[str, Any], out: Path) -> dict[str, list[dict[str, A
             and k not in t["runs"]}
 
 
+def _measured(t: dict[str, Any]) -> list[dict[str, Any]]:
+    """When and how a target's runs were measured: one entry per benchmark run that added strategies."""
+    m = t.get("measured", [])
+    return [m] if isinstance(m, dict) else list(m)
+
+
 def render(results: dict[str, Any], out: Path) -> str:
     """The RESULTS.md section of every target in ``results`` (plots written beside it)."""
     sections = []
@@ -319,9 +333,8 @@ def render(results: dict[str, Any], out: Path) -> str:
         name = f"finetune_{target}.png"
         plot(target, t["settings"], t["runs"], out / name)
         lines.append(f"\n![best fitness vs trial-epochs, {target}]({name})")
-        if "measured" in t:
-            lines.append(f"\n- {target} measured {t['measured']['date']}, took {t['measured']['seconds'] / 60:.1f} "
-                         f"min: `{t['measured']['command']}`")
+        for m in _measured(t):
+            lines.append(f"\n- {target} measured {m['date']}, took {m['seconds'] / 60:.1f} min: `{m['command']}`")
         sections.append("\n".join(lines))
     return ("## 5. Fine-tuning searches (issue 15)\n\nEach strategy fine-tunes the pretrained checkpoint of "
             "section 'Pretrained checkpoint'; see benchmarks/finetune.py for the strategies.\n\n"
@@ -350,10 +363,10 @@ def main() -> int:
     ckpt = pretrain.pretrained_checkpoint(args.gpu, args.quick)
     results: dict[str, Any] = {"checkpoint": str(ckpt), "pretraining": pretrain.record(args.gpu, args.quick),
                                "sizes": SIZES[mode], "targets": {}}
-    if saved.is_file() and not args.quick:  # keep the targets measured before with this checkpoint
+    if saved.is_file() and not args.quick:  # keep what was measured before with this checkpoint
         before = json.loads(saved.read_text())
         if before.get("checkpoint") == str(ckpt):
-            results["targets"] = {k: v for k, v in before.get("targets", {}).items() if k not in args.targets}
+            results["targets"] = before.get("targets", {})
     with tempfile.TemporaryDirectory(prefix="detune-finetune-") as tmp:
         for target in args.targets:
             began = time.monotonic()
@@ -363,17 +376,25 @@ def main() -> int:
                 results["targets"][target] = {"skipped": f"Skipped: {_common.COCO128} is absent."}
                 continue
             base = {"target": target, "s": s, "data": str(data), "gpu": args.gpu}
-            refs = {name: run({**base, "strategy": name, "seed": 0, "work": str(Path(tmp) / target / name)})
-                    for name in ("baseline", "yolo_auto")}
-            runs: dict[str, list[dict[str, Any]]] = {}
+            # the strategies not run now stay when they were measured at the same sizes (and their references)
+            t = results["targets"].get(target, {})
+            if t.get("settings") != s:
+                t = {}
+            refs = t.get("references") or {
+                name: run({**base, "strategy": name, "seed": 0, "work": str(Path(tmp) / target / name)})
+                for name in ("baseline", "yolo_auto")}
+            runs = {k: v for k, v in t.get("runs", {}).items() if k not in args.strategies}
+            measured = _measured(t)
             for strategy in args.strategies:
                 for repeat in range(args.repeats):
                     print(f"== {target}: {LABELS[strategy]}, repeat {repeat + 1}/{args.repeats}", flush=True)
                     work = Path(tmp) / target / f"{strategy}-{repeat}"
                     runs.setdefault(strategy, []).append(run({**base, "strategy": strategy, "seed": repeat,
                                                               "work": str(work)}))
-            results["targets"][target] = {"settings": s, "references": refs, "runs": runs, "measured": {
-                "date": head["date"], "command": head["command"], "seconds": round(time.monotonic() - began)}}
+                now = {"date": head["date"], "command": head["command"], "seconds": round(time.monotonic() - began)}
+                results["targets"][target] = {"settings": s, "references": refs, "runs": runs,
+                                              "measured": [*measured, now]}
+                _common.save(args.out, head, results, render(results, args.out))  # nothing lost if stopped
     _common.save(args.out, head, results, render(results, args.out))
     return 0
 

@@ -99,13 +99,15 @@ def _search_alg(study: StudyConfig, space: dict[str, Any]) -> Any:
     return TuneBOHB(seed=study.seed, **params)
 
 
-SAMPLERS = ("tpe", "gp", "cmaes")  # search_params.sampler by name; a mapping is TPESampler settings
+SAMPLERS = ("tpe", "gp", "cmaes", "local")  # search_params.sampler by name; a mapping is TPESampler settings
 
 
 def _optuna_sampler(study: StudyConfig, sampler: Any, baseline: Mapping[str, Any] | None) -> Any:
-    """Optuna's TPE (a mapping: its settings), GP or CMA-ES sampler; CMA-ES starts at the baseline (x0, its
-    numeric dims). Optuna samples the first 10 trials at random by default; small studies would never get
-    past that, so every sampler starts modelling after min(10, max(3, num_samples // 4))."""
+    """Optuna's TPE (a mapping: its settings), GP or CMA-ES sampler, or detune's local search around the best
+    trial (``_local_search``); CMA-ES starts at the baseline (x0, its numeric dims; its categorical dims are
+    sampled at random, as Optuna's CMA-ES does). Optuna samples the first 10 trials at random by default;
+    small studies would never get past that, so every sampler starts modelling after
+    min(10, max(3, num_samples // 4))."""
     import optuna
 
     startup = min(10, max(3, study.num_samples // 4))
@@ -120,11 +122,16 @@ def _optuna_sampler(study: StudyConfig, sampler: Any, baseline: Mapping[str, Any
         return optuna.samplers.TPESampler(seed=study.seed, n_startup_trials=startup)
     if sampler == "gp":
         return optuna.samplers.GPSampler(seed=study.seed, n_startup_trials=startup)
+    if sampler == "local":
+        from detune._local_search import LocalSearchSampler
+
+        return LocalSearchSampler(seed=study.seed)
     if importlib.util.find_spec("cmaes") is None:
         raise ConfigError("search_params.sampler: cmaes needs the cmaes package, which is not installed; "
-                          "pip install cmaes (or use sampler: gp or tpe)")
+                          "pip install cmaes, or pip install 'detune[cmaes]' (or use sampler: gp, tpe or local)")
     x0 = {k: v for k, v in (baseline or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return optuna.samplers.CmaEsSampler(x0=x0 or None, seed=study.seed, n_startup_trials=1)
+    return optuna.samplers.CmaEsSampler(x0=x0 or None, seed=study.seed, n_startup_trials=1,
+                                        warn_independent_sampling=False)
 
 
 def _require(module: str, what: str, fix: str) -> None:
