@@ -14,8 +14,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from detune._checks import settings_block
 from detune.config import MAX_SEED
-from detune.errors import ConfigError, did_you_mean
+from detune.errors import ConfigError
 
 _ELIGIBLE = ("completed", "stopped", "interrupted")  # trained and scored; diverged / failed trials are not
 
@@ -38,20 +39,10 @@ def parse_confirm(raw: Any, *, num_samples: int) -> ConfirmSettings | None:
     Raises:
         ConfigError: naming ``confirm.<key>``, the value and the fix.
     """
-    if raw is None or raw is False:
+    settings = settings_block(raw, "confirm", ConfirmSettings, "{top_k: 2, seeds: 2}")
+    if settings is None:
         return None
-    if raw is True:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"confirm ({raw!r}) must be a mapping such as confirm: {{top_k: 2, seeds: 2}}, true "
-                          "(those defaults) or false")
     fields = [f.name for f in dataclasses.fields(ConfirmSettings)]
-    for key in raw:
-        if key not in fields:
-            close = did_you_mean(key, fields)
-            hint = f"{close} " if close else ""
-            raise ConfigError(f"confirm.{key} is unknown; {hint}valid: {', '.join(fields)}")
-    settings = ConfirmSettings(**raw)
     for key in fields:
         value = getattr(settings, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

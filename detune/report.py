@@ -30,6 +30,7 @@ from typing import Any
 from detune._checks import is_number
 from detune._paths import atomic_write
 from detune.errors import ConfigError
+from detune.refine import ROUND_KEY
 from detune.study_files import TRIAL_COLUMNS, TRIAL_STATUSES
 
 __all__ = ["BASELINE", "FIGURES", "StudyData", "TrialData", "build_report", "load_experiment",
@@ -215,6 +216,8 @@ def _trial_from_row(row: Mapping[str, str], out: Path, ray_results: Mapping[str,
     if not isinstance(params, dict):
         params = {k: safe_load(v) if v else None for k, v in row.items()
                   if isinstance(k, str) and k not in TRIAL_COLUMNS and "/" not in k}  # not confirm/..., test/...
+    if ROUND_KEY in params:  # a refined study's round (detune.refine), as trials.csv names it
+        params = {"round": params.pop(ROUND_KEY), **params}
     history = _history_from_ray(rows, metric) or _history_from_results_csv(out / "trials" / trial_id, metric)
     times = [r.get("time_total_s") for r in rows if isinstance(r.get("time_total_s"), (int, float))]
     return TrialData(trial_id=trial_id, status=row.get("status") or "unknown", params=dict(params),
@@ -222,7 +225,8 @@ def _trial_from_row(row: Mapping[str, str], out: Path, ray_results: Mapping[str,
                      epochs_run=int(v) if is_number(v := _float(row.get("epochs_run"))) else 0,
                      reason=row.get("reason") or "", history=history,
                      lr_curve=[(h["epoch"], h["lr/pg0"]) for h in history if is_number(h.get("lr/pg0"))],
-                     config=_effective(base, params), seconds=max(times) if times else None,
+                     config=_effective(base, {k: v for k, v in params.items() if k != "round"}),
+                     seconds=max(times) if times else None,
                      advice=_read_advice(out / "trials" / trial_id / "advice.json"))
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from detune.config import TrainConfig, from_dict, parse_overrides, read_yaml
 from detune.confirm import ConfirmSettings, parse_confirm
 from detune.errors import ConfigError, did_you_mean
+from detune.refine import RefineSettings, parse_refine
 from detune.search_space import Dim, parse_search_space
 
 __all__ = ["MODES", "SEARCHES", "StudyConfig", "TRIAL_SCHEDULERS", "load_study", "parse_study_overrides"]
@@ -46,6 +47,7 @@ class StudyConfig:
     seed: int = 0
     baseline_first: bool = True
     confirm: ConfirmSettings | None = None  # retrain the top trials with new seeds (detune.confirm)
+    refine: RefineSettings | None = None  # zoom-in rounds (detune.refine)
 
     def to_dict(self) -> dict[str, Any]:
         """YAML-safe mapping that ``load_study`` accepts again."""
@@ -54,6 +56,7 @@ class StudyConfig:
         out["search_space"] = {k: d.to_yaml() for k, d in self.search_space.items()}
         out["output_dir"], out["storage_path"] = str(self.output_dir), str(self.storage_path)
         out["confirm"] = self.confirm.to_dict() if self.confirm is not None else False
+        out["refine"] = self.refine.to_dict() if self.refine is not None else False
         return out
 
     @property
@@ -111,7 +114,24 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
     if confirm is not None and study.trial_scheduler == "pbt":
         raise ConfigError("confirm cannot retrain PBT trials (their settings change during training); remove "
                           "confirm or use another trial_scheduler")
-    return dataclasses.replace(study, confirm=confirm)
+    refine = parse_refine(raw.get("refine"), num_samples=study.num_samples)
+    if refine is not None:
+        _check_refine(study)
+    return dataclasses.replace(study, confirm=confirm, refine=refine)
+
+
+def _check_refine(study: StudyConfig) -> None:
+    """``refine`` runs rounds of a sampling searcher: not grids (nothing to narrow), BOHB (its own
+    budgets) or PBT (which mutates trials itself)."""
+    grids = [k for k, d in study.search_space.items() if d.kind == "grid"]
+    if grids:
+        raise ConfigError(f"refine cannot narrow the grid search_space.{grids[0]}; make it a choice, or remove refine")
+    if study.search in ("grid", "bohb"):
+        raise ConfigError(f"refine runs rounds of random, optuna or hyperopt search, not search: {study.search}; "
+                          "change search or remove refine")
+    if study.trial_scheduler == "pbt":
+        raise ConfigError("refine cannot run with trial_scheduler: pbt (PBT mutates its trials itself); use "
+                          "another trial_scheduler or remove refine")
 
 
 def _searcher(raw: Mapping[str, Any], space: Mapping[str, Dim]) -> tuple[str, dict[str, Any]]:

@@ -18,6 +18,7 @@ import yaml
 
 from detune._paths import atomic_write
 from detune.errors import ConfigError, TuneError
+from detune.refine import ROUND_KEY
 from detune.search_space import apply_params
 from detune.study import StudyConfig
 
@@ -80,6 +81,8 @@ def trial_rows(study: StudyConfig, grid: Any, interrupted: frozenset[str] = froz
         else:
             status, reason = "completed", ""
         params = {k: v for k, v in (result.config or {}).items()}
+        if ROUND_KEY in params:  # a refined study's round (detune.refine)
+            params["round"] = params.pop(ROUND_KEY)
         rows.append({"trial_id": trial_id, "status": status,
                      "best_metric": best.get(study.metric, math.nan), "best_epoch": best.get("epoch", math.nan),
                      "epochs_run": epochs_run, "reason": reason, **params, "_best": best})
@@ -115,7 +118,8 @@ def summarize(study: StudyConfig, grid: Any, *, parent_run_id: str | None,
 def write_trials_csv(study: StudyConfig, trials: list[dict[str, Any]], extra: Sequence[str] = ()) -> Path:
     """Write ``trials.csv``: the trial columns, the searched params, the settings derived keys stand for and
     ``extra`` columns (the confirmation stage's ``confirm/mean``, ``test/mAP50-95``, ...)."""
-    columns = [*study.search_space, *_trained(study, trials), *extra]
+    rounds = ["round"] if study.refine is not None else []
+    columns = [*rounds, *study.search_space, *_trained(study, trials), *extra]
     return write_atomic(study.output_dir / "trials.csv", _csv(trials, columns))
 
 

@@ -1,4 +1,4 @@
-"""Ray Tune studies: the only module that imports Ray.
+"""Ray Tune studies: the only module that imports Ray, with detune's own searchers in ``_searchers``.
 
 Each trial trains through ``detune.training.run`` (the same adapter as ``detune.train``), validates and
 reports every epoch with a checkpoint (last.pt + detune's step counter), so ASHA/HyperBand stop on real
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -31,6 +32,7 @@ from detune._paths import atomic_write
 from detune.adapters.base import STATE_FILE, read_state
 from detune.config import from_dict
 from detune.errors import ConfigError, TuneError, did_you_mean
+from detune.refine import ROUND_KEY
 from detune.search_space import Dim, baseline_point
 from detune.study import StudyConfig, load_study
 from detune.study_files import (
@@ -49,6 +51,7 @@ STUDY_STATE = "study.json"
 def _domain(dim: Dim, lr_suggestion: float | None = None) -> Any:
     from ray import tune
 
+    dim = _resolved(dim, lr_suggestion)
     a = dim.args
     if dim.kind == "loguniform":
         return tune.loguniform(a[0], a[1])
@@ -62,11 +65,6 @@ def _domain(dim: Dim, lr_suggestion: float | None = None) -> Any:
         return tune.choice(list(a))
     if dim.kind == "grid":
         return tune.grid_search(list(a))
-    if dim.kind == "lr_finder":
-        if lr_suggestion is None:
-            raise TuneError("search_space.lr0 uses lr_finder but no LR finder suggestion is available")
-        low, high = a[0]["span"]
-        return tune.loguniform(lr_suggestion * low, lr_suggestion * high)
     raise TuneError(f"unsupported distribution {dim.kind!r}")
 
 
@@ -104,7 +102,7 @@ SAMPLERS = ("tpe", "gp", "cmaes", "local")  # search_params.sampler by name; a m
 
 def _optuna_sampler(study: StudyConfig, sampler: Any, baseline: Mapping[str, Any] | None) -> Any:
     """Optuna's TPE (a mapping: its settings), GP or CMA-ES sampler, or detune's local search around the best
-    trial (``_local_search``); CMA-ES starts at the baseline (x0, its numeric dims; its categorical dims are
+    trial (``_searchers``); CMA-ES starts at the baseline (x0, its numeric dims; its categorical dims are
     sampled at random, as Optuna's CMA-ES does). Optuna samples the first 10 trials at random by default;
     small studies would never get past that, so every sampler starts modelling after
     min(10, max(3, num_samples // 4))."""
@@ -123,15 +121,17 @@ def _optuna_sampler(study: StudyConfig, sampler: Any, baseline: Mapping[str, Any
     if sampler == "gp":
         return optuna.samplers.GPSampler(seed=study.seed, n_startup_trials=startup)
     if sampler == "local":
-        from detune._local_search import LocalSearchSampler
+        from detune._searchers import LocalSearchSampler
 
         return LocalSearchSampler(seed=study.seed)
     if importlib.util.find_spec("cmaes") is None:
         raise ConfigError("search_params.sampler: cmaes needs the cmaes package, which is not installed; "
                           "pip install cmaes, or pip install 'detune[cmaes]' (or use sampler: gp, tpe or local)")
     x0 = {k: v for k, v in (baseline or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return optuna.samplers.CmaEsSampler(x0=x0 or None, seed=study.seed, n_startup_trials=1,
-                                        warn_independent_sampling=False)
+    with warnings.catch_warnings():  # Optuna 4.9 deprecated x0 (removal planned for 6.0); starting at the
+        warnings.filterwarnings("ignore", message=".*`x0`", category=FutureWarning)  # baseline is the point
+        return optuna.samplers.CmaEsSampler(x0=x0 or None, seed=study.seed, n_startup_trials=1,
+                                            warn_independent_sampling=False)
 
 
 def _require(module: str, what: str, fix: str) -> None:
@@ -348,6 +348,8 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
     _runtime.prepare()
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
+    params = dict(params)
+    refine_round = params.pop(ROUND_KEY, None)  # a refined study's round (detune.refine): a tag, not a setting
     train = apply_params(payload["train"], params)
     train.update(project=payload["trials_dir"], name=trial_id, exist_ok=True, device=trial_device(payload["gpu"]),
                  threads=train.get("threads") or max(1, int(payload["cpu"])))
@@ -380,7 +382,8 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
         base = payload["tracking"]
         run_id = tr.find_trial_run(base, parent_run_id=payload["parent_run_id"], trial_id=trial_id)
         tracking = replace(base, parent_run_id=payload["parent_run_id"], run_id=run_id, run_name=trial_id,
-                           tags={**base.tags, "detune.trial_id": trial_id, "detune.study": payload["name"]})
+                           tags={**base.tags, "detune.trial_id": trial_id, "detune.study": payload["name"],
+                                 **({"detune.round": str(refine_round)} if refine_round else {})})
     extra = {"detune_trial_id": trial_id, "detune_device": cfg.device, "detune_gpu_ids": ",".join(
         str(g) for g in ray.get_gpu_ids()), "detune_node": ray.get_runtime_context().get_node_id(),
              "detune_restored_from": restored_from or "", "detune_status": "running"}
@@ -619,6 +622,7 @@ def _study_params(study: StudyConfig) -> dict[str, Any]:
                metric=study.metric, mode=study.mode, max_concurrent_trials=study.max_concurrent_trials,
                resources_per_trial=json.dumps(study.resources_per_trial), seed=study.seed)
     out.update({f"search_params.{k}": v for k, v in study.search_params.items()})
+    out.update({f"refine.{k}": v for k, v in (study.refine.to_dict() if study.refine else {}).items()})
     out.update({f"trial_scheduler_params.{k}": v for k, v in study.trial_scheduler_params.items()})
     out.update({f"train.{k}": v for k, v in study.train.to_dict().items() if k != "tracking"})
     return out
@@ -764,18 +768,18 @@ def _check_resources(study: StudyConfig, address: str | None) -> None:
 def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str | None, *, fit: Any = None) -> Any:
     from ray import tune
 
-    space = {k: _domain(d, _lr_suggestion(study, d, tcfg, parent_run_id, fit=fit))
-             for k, d in study.search_space.items()}
+    dims = {k: _resolved(d, _lr_suggestion(study, d, tcfg, parent_run_id, fit=fit))
+            for k, d in study.search_space.items()}
+    space = {k: _domain(d) for k, d in dims.items()}
     scheduler = _scheduler(study)
-    # PBT too (random/grid only): a seeded variant generator makes its initial population reproducible
-    search_alg = _search_alg(study, space)
+    search_alg = _new_search_alg(study, dims)
     return tune.Tuner(
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, search_alg=search_alg,
                                     scheduler=scheduler, num_samples=study.num_samples,
                                     # random/grid: the limit lives in the variant generator itself
-                                    max_concurrent_trials=None if search_alg is not None and study.search in (
+                                    max_concurrent_trials=None if study.refine is None and study.search in (
                                         "random", "grid") else study.max_concurrent_trials,
                                     time_budget_s=study.time_budget_s,
                                     # a new trial runs in the previous one's worker: no process start, no
@@ -789,6 +793,51 @@ def _new_tuner(study: StudyConfig, trainable: Any, tcfg: Any, parent_run_id: str
                                   failure_config=tune.FailureConfig(max_failures=0),
                                   callbacks=[_driver_callback(study, tcfg, parent_run_id)]),
     )
+
+
+def _new_search_alg(study: StudyConfig, dims: dict[str, Dim]) -> Any:
+    """The study's search algorithm over ``dims`` (lr_finder ranges resolved), or a refined study's rounds of
+    it over narrowing spaces (detune.refine). PBT too (random/grid only): a seeded variant generator makes
+    its initial population reproducible."""
+    if study.refine is None:
+        return _search_alg(study, {k: _domain(d) for k, d in dims.items()})
+    from detune._searchers import RefineSearcher
+    from detune.refine import round_sizes
+
+    return RefineSearcher(functools.partial(_round_searcher, study), dims,
+                          round_sizes(study.num_samples, study.refine.rounds), study.refine.factor,
+                          study.metric, study.mode)
+
+
+def _resolved(dim: Dim, lr_suggestion: float | None) -> Dim:
+    """An ``lr_finder`` range as the log-uniform range around the finder's suggestion; other dims as they are."""
+    if dim.kind != "lr_finder":
+        return dim
+    if lr_suggestion is None:
+        raise TuneError("search_space.lr0 uses lr_finder but no LR finder suggestion is available")
+    low, high = dim.args[0]["span"]
+    return Dim(dim.key, "loguniform", (lr_suggestion * low, lr_suggestion * high))
+
+
+def _round_searcher(study: StudyConfig, dims: dict[str, Dim], index: int) -> Any:
+    """The searcher of round ``index`` of a refined study: the study's own (random search as Optuna's random
+    sampler), over ``dims``, seeded per round; only the first round starts with the baseline."""
+    round_study = dataclasses.replace(study, search_space=dims, seed=study.seed + index, refine=None,
+                                      num_samples=max(1, study.num_samples // study.refine.rounds),
+                                      baseline_first=study.baseline_first and index == 0)
+    space = {k: _domain(d) for k, d in dims.items()}
+    if study.search == "random":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        _runtime.quiet_loggers()
+        baseline = baseline_point(dims, study.train) if round_study.baseline_first else None
+        searcher = OptunaSearch(sampler=optuna.samplers.RandomSampler(seed=round_study.seed),
+                                points_to_evaluate=[baseline] if baseline else None)
+    else:
+        searcher = _search_alg(round_study, space)
+    searcher.set_search_properties(study.metric, study.mode, space)
+    return searcher
 
 
 def _lr_suggestion(study: StudyConfig, dim: Dim, tcfg: Any, parent_run_id: str | None, *,

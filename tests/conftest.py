@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,3 +72,56 @@ def local_ray(_module_ray: None, tmp_path: Path, shapes_yaml: Path) -> None:
         with pytest.MonkeyPatch.context() as env:
             env.setenv("RAY_memory_monitor_refresh_ms", "0")
             tuning._start_ray(study, None)
+
+
+_HELD_DRIVER = """
+import sys
+from detune import _fake
+from detune.tuning import tune
+result = tune(sys.argv[1], resume=len(sys.argv) > 2, fit=_fake.fit)
+print(sorted(t["status"] for t in result.trials))
+"""
+
+
+class HeldStudy:
+    """A study YAML run by a driver process with the fake trainer, every trial held after each epoch while
+    ``hold`` exists: the study stays running, however fast or slow the machine is, until a test lets go."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        import tempfile
+
+        self.cwd, self.script, self.hold = tmp_path, tmp_path / "driver.py", tmp_path / "hold"
+        self.script.write_text(_HELD_DRIVER)
+        self.hold.touch()
+        self.env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rt", dir="/tmp"), "PYTHONUNBUFFERED": "1",
+                    "DETUNE_FAKE_HOLD": str(self.hold)}
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, config: Path, experiment: Path) -> subprocess.Popen:
+        """The driver, once a trial has reported into ``experiment`` (Ray's folder of the study)."""
+        import time
+
+        proc = subprocess.Popen([sys.executable, str(self.script), str(config)], env=self.env, cwd=self.cwd,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.started.append(proc)
+        deadline = time.time() + 600
+        while not any(f.stat().st_size for f in experiment.glob("*/result.json")):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+        return proc
+
+    def resume(self, config: Path) -> subprocess.CompletedProcess:
+        """Let go of the trials and run ``--resume`` of the study to its end."""
+        self.hold.unlink(missing_ok=True)
+        return subprocess.run([sys.executable, str(self.script), str(config), "resume"], env=self.env,
+                              cwd=self.cwd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture
+def held_study(tmp_path: Path) -> Iterator[HeldStudy]:
+    held = HeldStudy(tmp_path)
+    yield held
+    for proc in held.started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -18,8 +18,8 @@ HOMES = {
     "torch": ("detune.adapters.ultralytics", "detune.adapters._optim"),  # _optim: the adapter's optimizers
     "schedulefree": ("detune.adapters._optim",),
     "prodigyopt": ("detune.adapters._optim",),
-    "ray": ("detune.tuning",),
-    "optuna": ("detune.tuning",),
+    "ray": ("detune.tuning", "detune._searchers"),  # _searchers: the study's own searchers, run by tuning
+    "optuna": ("detune.tuning", "detune._searchers"),
     "mlflow": ("detune.tracking.",),
     "matplotlib": ("detune._plotting",),
 }

@@ -70,7 +70,7 @@ def _space() -> dict[str, object]:
 def test_local_search_starts_around_the_running_baseline_then_moves_to_the_best_trial() -> None:
     import optuna
 
-    from detune._local_search import LocalSearchSampler
+    from detune._searchers import LocalSearchSampler
 
     study = optuna.create_study(direction="maximize", sampler=LocalSearchSampler(seed=0))
     space = _space()
@@ -95,7 +95,7 @@ def test_local_search_starts_around_the_running_baseline_then_moves_to_the_best_
 def test_local_search_with_minimize_follows_the_lowest_value() -> None:
     import optuna
 
-    from detune._local_search import LocalSearchSampler
+    from detune._searchers import LocalSearchSampler
 
     study = optuna.create_study(direction="minimize", sampler=LocalSearchSampler(seed=1))
     space = {"wu": optuna.distributions.FloatDistribution(0.0, 100.0)}

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import HeldStudy
 
 from detune import _fake
 from detune.errors import DatasetError, TuneError
@@ -151,51 +150,26 @@ def test_keyboard_interrupt_mid_study_closes_parent_and_open_trials_killed(tmp_p
 
 
 # ---- Ctrl-C and a second study on the same folder -----------------------------------------------------------
-DRIVER = """
-import sys
-from detune import _fake
-from detune.tuning import tune
-result = tune(sys.argv[1], resume=len(sys.argv) > 2, fit=_fake.fit)
-print(sorted(t["status"] for t in result.trials))
-"""
-
-
 def test_second_study_is_refused_and_sigint_closes_the_study_killed_then_resume_finishes(
-        tmp_path: Path, shapes_yaml: Path) -> None:
+        tmp_path: Path, shapes_yaml: Path, held_study: HeldStudy) -> None:
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(_study(tmp_path, shapes_yaml, search="grid", search_space={
         "lr0": {"grid": [0.01, 0.02]}}, train={"data": str(shapes_yaml), "epochs": 3, "imgsz": 32,
                                                "device": "cpu", "warmup_epochs": 0.0})))
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
-    hold = tmp_path / "hold"  # the fake trainer waits after each epoch while it exists: the study stays running
-    hold.touch()
-    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rt", dir="/tmp"), "PYTHONUNBUFFERED": "1",
-           "DETUNE_FAKE_HOLD": str(hold)}
     out = tmp_path / "out"
-    first = subprocess.Popen([sys.executable, str(script), str(path)], env=env, cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 600
-        while not any(f.stat().st_size for f in (out / "ray" / "life").glob("*/result.json")):
-            assert first.poll() is None and time.time() < deadline, first.communicate()[1][-3000:]
-            time.sleep(0.2)
-        state = (out / "study.json").read_text()
-        started = time.monotonic()
-        cli = [sys.executable, "-c", "from detune.cli import main; main()", "tune", str(path)]
-        second = subprocess.run(cli, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert first.poll() is None, "the first study ended too soon for this test"
-        assert second.returncode == 1
-        assert second.stderr.startswith(f"error: study 'life' is already running in {out} (pid {first.pid})")
-        assert time.monotonic() - started < 60
-        assert (out / "study.json").read_text() == state
-        assert len(_runs(tmp_path)[0]) == 1  # the loser created no parent run
-        first.send_signal(signal.SIGINT)  # Ray's handler: the study stops and fit() returns
-        stdout, stderr = first.communicate(timeout=300)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+    first = held_study.start(path, out / "ray" / "life")
+    state = (out / "study.json").read_text()
+    started = time.monotonic()
+    cli = [sys.executable, "-c", "from detune.cli import main; main()", "tune", str(path)]
+    second = subprocess.run(cli, env=held_study.env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert first.poll() is None, "the first study ended too soon for this test"
+    assert second.returncode == 1
+    assert second.stderr.startswith(f"error: study 'life' is already running in {out} (pid {first.pid})")
+    assert time.monotonic() - started < 60
+    assert (out / "study.json").read_text() == state
+    assert len(_runs(tmp_path)[0]) == 1  # the loser created no parent run
+    first.send_signal(signal.SIGINT)  # Ray's handler: the study stops and fit() returns
+    stdout, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr[-3000:]
     assert "interrupted" in stdout
     parents, children = _runs(tmp_path)
@@ -204,9 +178,7 @@ def test_second_study_is_refused_and_sigint_closes_the_study_killed_then_resume_
     assert "interrupted" in {r["status"] for r in rows}
     assert not any(c.data.tags.get("detune.status") == "stopped" for c in children)
 
-    hold.unlink()
-    resumed = subprocess.run([sys.executable, str(script), str(path), "resume"], env=env, cwd=tmp_path,
-                             capture_output=True, text=True, timeout=900)
+    resumed = held_study.resume(path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = _assert_mlflow_agrees_with_trials_csv(tmp_path, out)
     assert [r["status"] for r in rows] == ["completed", "completed"]
