@@ -12,6 +12,7 @@ changes; Ultralytics' genetic tuner has no seed, so its repeats show its spread)
 - ``detune_tpe``, ``detune_cmaes``, ``detune_local``: the same design with another Optuna sampler (issue 15's
   sampler comparison): TPE, CMA-ES started at the baseline (x0), and detune's local search around the best
   trial so far (``search_params.sampler: local``, the genetic tuner's idea);
+- ``detune_refine``: the default design with zoom-in rounds (``refine: {rounds: 2, factor: 3}``, issue 16);
 - ``ultralytics_ga`` and ``ultralytics_ray``: ``model.tune()`` and ``model.tune(use_ray=True)`` on lr0, lrf,
   momentum (the bounds of ``search.SPACE``).
 
@@ -45,12 +46,16 @@ import search
 from detune.rungs import NOISE_FLOOR
 from detune.study_files import TRIAL_COLUMNS
 
-SAMPLERS = {"detune_prior": "gp", "detune_tpe": "tpe", "detune_cmaes": "cmaes", "detune_local": "local"}
-STRATEGIES = ("detune_default", *SAMPLERS, "ultralytics_ga", "ultralytics_ray")
+VARIANTS = {  # the default design (detune_prior) and the variants compared with it: study settings that change
+    "detune_prior": {}, "detune_tpe": {"search_params": {"sampler": "tpe"}},
+    "detune_cmaes": {"search_params": {"sampler": "cmaes"}}, "detune_local": {"search_params": {"sampler": "local"}},
+    "detune_refine": {"refine": {"rounds": 2, "factor": 3}}}
+STRATEGIES = ("detune_default", *VARIANTS, "ultralytics_ga", "ultralytics_ray")
 LABELS = {**search.LABELS, "detune_default": "detune's old default (TPE + ASHA, log lr0)",
           "detune_prior": "detune default (prior + GP + detection rungs + confirm)",
           "detune_tpe": "detune design, TPE sampler", "detune_cmaes": "detune design, CMA-ES from the baseline",
-          "detune_local": "detune design, local search (sampler: local)"}
+          "detune_local": "detune design, local search (sampler: local)",
+          "detune_refine": "detune default + zoom-in (refine: 2 rounds, factor 3)"}
 SIZES = {
     "cpu": {"target": {"trials": 12, "epochs": 6, "imgsz": 64, "batch": 16},
             "coco128": {"trials": 8, "epochs": 4, "imgsz": 128, "batch": 16}},
@@ -66,16 +71,18 @@ CONFIRM = {"top_k": 2, "seeds": 2}
 
 
 def prior_study(s: dict[str, Any], data: Path, work: Path, gpu: bool, seed: int,
-                sampler: str = "gp") -> dict[str, Any]:
-    """The default design: no search_space (detune.prior's), an Optuna sampler (GP: the default), detection
-    rungs, confirmation."""
+                variant: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The default design: no search_space (detune.prior's), Optuna's GP sampler, detection rungs,
+    confirmation; ``variant`` changes some of it (``VARIANTS``)."""
     return {"name": "detune_prior", "train": search.train_settings(s, data, gpu),
-            "search": "optuna", "search_params": {"sampler": sampler}, "trial_scheduler": "detection",
+            "search": "optuna", "search_params": {"sampler": "gp"}, "trial_scheduler": "detection",
             "num_samples": s["trials"], "max_concurrent_trials": None if gpu else 2, "seed": seed,
             "confirm": CONFIRM if s["trials"] > 2 else {"top_k": 1, "seeds": 1},
             "resources_per_trial": {"cpu": 1, "gpu": 1 if gpu else 0}, "metric": search.METRIC, "mode": "max",
             "output_dir": str(work / "detune_prior"), "storage_path": str(work / "detune_prior" / "ray"),
-            "tracking": False}
+            "tracking": False,
+            # the smoke sizes (--quick) have too few trials for rounds of 2 or more
+            **{k: v for k, v in (variant or {}).items() if k != "refine" or s["trials"] >= 4}}
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +100,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 "seconds": time.monotonic() - start}
     import detune
 
-    result = detune.tune(prior_study(s, data, work, gpu, spec["seed"], SAMPLERS[strategy]))
+    result = detune.tune(prior_study(s, data, work, gpu, spec["seed"], VARIANTS[strategy]))
     rows = {str(t["trial_id"]): t for t in result.trials}
     trials = []
     for r in result.result_grid:
@@ -303,8 +310,7 @@ def _recorded_shapes(t: dict[str, Any], out: Path) -> dict[str, list[dict[str, A
     if recorded.get("sizes", {}).get("shapes") != sizes:
         return {}
     runs = recorded["datasets"]["shapes"]["runs"]
-    return {k: [runs[k]] for k in ("ultralytics_ga", "ultralytics_ray", "detune_default") if k in runs
-            and k not in t["runs"]}
+    return {k: [runs[k]] for k in ("ultralytics_ga", "ultralytics_ray", "detune_default") if k in runs}
 
 
 def _measured(t: dict[str, Any]) -> list[dict[str, Any]]:
@@ -321,11 +327,12 @@ def render(results: dict[str, Any], out: Path) -> str:
             sections.append(f"### {target}\n\n{t['skipped']}")
             continue
         recorded = _recorded_shapes(t, out) if target == "shapes" else {}
-        t = {**t, "runs": {**t["runs"], **recorded}}
+        t = {**t, "runs": {**t["runs"], **{k: v + t["runs"].get(k, []) for k, v in recorded.items()}}}
         lines = summary_lines(target, t["settings"], t["runs"], t["references"])
         if recorded:
-            lines.append(f"\nFrom scratch (yolo11n.yaml). Rows {', '.join(LABELS[k] for k in recorded)}: one run each, "
-                         "recorded by search.py (section 2) at the same sizes, data and training seed.")
+            lines.append(f"\nFrom scratch (yolo11n.yaml). Rows {', '.join(LABELS[k] for k in recorded)}: their first "
+                         "repeat is search.py's recorded run (section 2) at the same sizes, data and training seed "
+                         "(search seed 0); the others were run here with search seeds 1, 2, ...")
         goals = goal_lines(t["settings"], t["runs"], t["references"])
         results["targets"][target]["goals"] = goals  # run_all's summary reads them
         if goals:
@@ -349,6 +356,8 @@ def main() -> int:
     p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--first-repeat", type=int, default=0,
+                   help="add repeats first..first+repeats-1 (their search seeds) to the ones already recorded")
     p.add_argument("--render", action="store_true", help="only re-render the section from the saved results")
     args = p.parse_args()
     saved = args.out / "finetune.json"
@@ -383,14 +392,14 @@ def main() -> int:
             refs = t.get("references") or {
                 name: run({**base, "strategy": name, "seed": 0, "work": str(Path(tmp) / target / name)})
                 for name in ("baseline", "yolo_auto")}
-            runs = {k: v for k, v in t.get("runs", {}).items() if k not in args.strategies}
+            runs = {k: v for k, v in t.get("runs", {}).items() if k not in args.strategies or args.first_repeat}
             measured = _measured(t)
             for strategy in args.strategies:
-                for repeat in range(args.repeats):
-                    print(f"== {target}: {LABELS[strategy]}, repeat {repeat + 1}/{args.repeats}", flush=True)
+                for repeat in range(args.first_repeat, args.first_repeat + args.repeats):
+                    print(f"== {target}: {LABELS[strategy]}, repeat {repeat + 1}", flush=True)
                     work = Path(tmp) / target / f"{strategy}-{repeat}"
-                    runs.setdefault(strategy, []).append(run({**base, "strategy": strategy, "seed": repeat,
-                                                              "work": str(work)}))
+                    runs.setdefault(strategy, []).append({**run({**base, "strategy": strategy, "seed": repeat,
+                                                                 "work": str(work)}), "repeat": repeat})
                 now = {"date": head["date"], "command": head["command"], "seconds": round(time.monotonic() - began)}
                 results["targets"][target] = {"settings": s, "references": refs, "runs": runs,
                                               "measured": [*measured, now]}
