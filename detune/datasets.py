@@ -375,6 +375,17 @@ def _images(path: Path, line: int, key: str, sources: tuple[Path, ...], notes: l
     return sorted(kept), len(files)
 
 
+def split_images(dataset: DatasetInfo, split: str) -> list[str]:
+    """The checked image paths of ``split`` (train or val), sorted: what Ultralytics trains on, each file once."""
+    files = dataset.train_files if split == "train" else dataset.val_files
+    if files:  # the sources hold unreadable or duplicated paths: the checked list
+        return list(files)
+    found: list[str] = []
+    for source in dataset.train if split == "train" else dataset.val:
+        found += _walk_images(source) if source.is_dir() else _list_file(source)
+    return sorted(found)
+
+
 def _is_image(name: str) -> bool:
     return name.rpartition(".")[-1].lower() in IMG_FORMATS
 
@@ -415,7 +426,7 @@ def _list_file(source: Path) -> list[str]:
     return found
 
 
-def _label_path(image: str) -> str:
+def label_path(image: str) -> str:
     """Ultralytics' ``img2label_paths``: the last /images/ becomes /labels/, the suffix becomes .txt."""
     images, labels = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
     return labels.join(image.rsplit(images, 1)).rsplit(".", 1)[0] + ".txt"
@@ -434,7 +445,7 @@ class _LabelReader:
         """Instances, images without a label file, and the first such label path."""
         instances, missing, first_missing = 0, 0, None
         for image in images:
-            label = _label_path(image)
+            label = label_path(image)
             if label not in self._counts:
                 self._counts[label] = self._read(label)
             count = self._counts[label]
@@ -553,7 +564,7 @@ def _info(
             raise DatasetError(
                 f"{path}:{lines[key]}: no labelled objects in {key}; labels are read from the image "
                 f"path with its last /images/ replaced by /labels/ and suffix .txt, e.g. "
-                f"{_label_path(images[0])}; put the label files there"
+                f"{label_path(images[0])}; put the label files there"
             )
     warnings = list(notes)
     train_set, val_set = set(train_images), set(val_images)
@@ -649,9 +660,11 @@ __all__ = [
     "PreparedData",
     "ShapesSpec",
     "check_dataset",
+    "label_path",
     "prepare_data",
     "resolve_data",
     "make_shapes",
     "make_shapes_from_spec",
     "shapes_spec",
+    "split_images",
 ]

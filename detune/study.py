@@ -12,6 +12,7 @@ from typing import Any
 
 from detune.config import TrainConfig, from_dict, parse_overrides, read_yaml
 from detune.confirm import ConfirmSettings, parse_confirm
+from detune.cv import CVSettings, parse_cv
 from detune.errors import ConfigError, did_you_mean
 from detune.refine import RefineSettings, parse_refine
 from detune.search_space import Dim, parse_search_space
@@ -48,6 +49,7 @@ class StudyConfig:
     baseline_first: bool = True
     confirm: ConfirmSettings | None = None  # retrain the top trials with new seeds (detune.confirm)
     refine: RefineSettings | None = None  # zoom-in rounds (detune.refine)
+    cv: CVSettings | None = None  # each trial trains once per fold of the train images (detune.cv)
 
     def to_dict(self) -> dict[str, Any]:
         """YAML-safe mapping that ``load_study`` accepts again."""
@@ -57,6 +59,7 @@ class StudyConfig:
         out["output_dir"], out["storage_path"] = str(self.output_dir), str(self.storage_path)
         out["confirm"] = self.confirm.to_dict() if self.confirm is not None else False
         out["refine"] = self.refine.to_dict() if self.refine is not None else False
+        out["cv"] = self.cv.to_dict() if self.cv is not None else False
         return out
 
     @property
@@ -96,10 +99,12 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
                           "and the MLflow experiment")
     output_dir = Path(_path(raw, "output_dir") or Path("runs") / "detune" / name).expanduser().resolve()
     search, search_params = _searcher(raw, search_space)
+    cv = parse_cv(raw.get("cv"))
     study = StudyConfig(
         train=train, search_space=search_space, name=name,
         output_dir=output_dir, search=search, search_params=search_params,
-        trial_scheduler=raw.get("trial_scheduler", "detection"),
+        # cv reports a trial's curve once its folds have trained: nothing for early stopping to save
+        trial_scheduler=raw.get("trial_scheduler", "fifo" if cv else "detection"), cv=cv,
         trial_scheduler_params=_mapping(raw, "trial_scheduler_params"),
         num_samples=raw.get("num_samples", 8), max_concurrent_trials=raw.get("max_concurrent_trials"),
         metric=raw.get("metric", "metrics/mAP50-95"), mode=raw.get("mode", "max"),
@@ -114,6 +119,10 @@ def load_study(source: str | os.PathLike[str] | Mapping[str, Any], **overrides: 
     if confirm is not None and study.trial_scheduler == "pbt":
         raise ConfigError("confirm cannot retrain PBT trials (their settings change during training); remove "
                           "confirm or use another trial_scheduler")
+    if cv is not None and study.trial_scheduler != "fifo":
+        raise ConfigError(f"cv cannot run with trial_scheduler: {study.trial_scheduler}: a cross-validated trial "
+                          "reports its fold-mean curve once all its folds have trained, so early stopping would "
+                          "save nothing; use trial_scheduler: fifo (the default with cv) or remove cv")
     refine = parse_refine(raw.get("refine"), num_samples=study.num_samples)
     if refine is not None:
         _check_refine(study)

@@ -83,6 +83,8 @@ def trial_rows(study: StudyConfig, grid: Any, interrupted: frozenset[str] = froz
         params = {k: v for k, v in (result.config or {}).items()}
         if ROUND_KEY in params:  # a refined study's round (detune.refine)
             params["round"] = params.pop(ROUND_KEY)
+        if "cv/std" in best:  # a cross-validated trial: the spread between its folds at its best epoch
+            params["cv/std"] = best["cv/std"]
         rows.append({"trial_id": trial_id, "status": status,
                      "best_metric": best.get(study.metric, math.nan), "best_epoch": best.get("epoch", math.nan),
                      "epochs_run": epochs_run, "reason": reason, **params, "_best": best})
@@ -119,7 +121,8 @@ def write_trials_csv(study: StudyConfig, trials: list[dict[str, Any]], extra: Se
     """Write ``trials.csv``: the trial columns, the searched params, the settings derived keys stand for and
     ``extra`` columns (the confirmation stage's ``confirm/mean``, ``test/mAP50-95``, ...)."""
     rounds = ["round"] if study.refine is not None else []
-    columns = [*rounds, *study.search_space, *_trained(study, trials), *extra]
+    spread = ["cv/std"] if study.cv is not None else []
+    columns = [*rounds, *study.search_space, *_trained(study, trials), *spread, *extra]
     return write_atomic(study.output_dir / "trials.csv", _csv(trials, columns))
 
 

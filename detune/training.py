@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from detune.tracking_config import TrackingConfig
 
 __all__ = ["ADVICE_FILE", "CANONICAL_KEYS", "TrainResult", "advice_context", "diagnose", "finder_info",
-           "optimizer_steps", "resolve_auto_lr0", "resolved_config", "run", "train"]
+           "optimizer_steps", "resolve_auto_lr0", "resolved_config", "run", "run_folds", "train"]
 
 log = logging.getLogger("detune")
 
@@ -225,6 +225,54 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
     if logger is not None:
         if result.info.get("test"):  # the held-out score of score_test, once, at the last epoch
             logger.log_metrics(result.info["test"], step=len(result.history))
+        result.run_id = logger.run_id
+        result.info["tracking"] = logger.finish(result)
+    return result
+
+
+def run_folds(cfg: TrainConfig, folds: Sequence[Path], *, metric: str, tracking: TrackingConfig | None = None,
+              fit: Fit | None = None) -> TrainResult:
+    """One cross-validated training (``detune.cv``): ``cfg`` trained once per fold data YAML, one after the
+    other, into ``<project>/<name>/fold<i>``. The result's ``history`` is the mean over the folds, epoch by
+    epoch, with ``cv/std`` and ``cv/fold<i>`` of ``metric`` (``detune.cv.fold_mean``); ``info["folds"]`` has
+    each fold's status, best ``metric`` and folder. A fold that diverges or fails ends it with that status.
+
+    With ``tracking``, the run of the whole (its history: the mean curve) holds one nested run per fold
+    (``<name>-fold<i>``, tag ``detune.fold``), each logged as a ``detune.train`` run is.
+    """
+    from detune.cv import fold_mean
+
+    writable_dir(cfg.project, field="project")
+    logger = None
+    if tracking is not None:
+        logger = tracking_mod.open_training_run(tracking, config=resolved_config(cfg),
+                                                dataset={"data.cv_folds": len(folds)}, effective_lr0=cfg.effective_lr0)
+    folder = Path(cfg.project) / cfg.name
+    results: list[TrainResult] = []
+    try:
+        for i, data in enumerate(folds):
+            fold_tracking = False if logger is None else tracking.replace(
+                parent_run_id=logger.run_id, run_id=None, run_name=f"{cfg.name}-fold{i}",
+                tags={**tracking.tags, "detune.fold": str(i)})
+            results.append(run(cfg.replace(data=str(data), project=str(folder), name=f"fold{i}", exist_ok=True),
+                               tracking=fold_tracking, fit=fit))
+            if results[-1].status != "completed":
+                break
+    except BaseException as e:
+        if logger is not None:
+            logger.abort(e)
+        raise
+    last = results[-1]
+    done = last.status == "completed"
+    history = fold_mean([r.history for r in results], metric) if done else []
+    reason = None if done else f"fold {len(results) - 1}: {last.reason}"
+    result = TrainResult(status=last.status, history=history, save_dir=folder, config=resolved_config(cfg),
+                         reason=reason, info={"folds": [
+                             {"status": r.status, "best": r.best.get(metric), "save_dir": str(r.save_dir)}
+                             for r in results]})
+    if logger is not None:
+        for record in history:
+            logger.on_epoch(record, folder)
         result.run_id = logger.run_id
         result.info["tracking"] = logger.finish(result)
     return result

@@ -387,8 +387,14 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
     extra = {"detune_trial_id": trial_id, "detune_device": cfg.device, "detune_gpu_ids": ",".join(
         str(g) for g in ray.get_gpu_ids()), "detune_node": ray.get_runtime_context().get_node_id(),
              "detune_restored_from": restored_from or "", "detune_status": "running"}
-    result = training.run(cfg, observers=[_TrialState(trial_id), _Reporter(extra)], resume_from=resume_from,
-                          tracking=tracking, fit=payload.get("fit"), data=payload.get("data"))
+    if payload.get("cv"):  # one training per fold, then the fold-mean curve (detune.cv): no checkpoints
+        result = training.run_folds(cfg, [Path(p) for p in payload["cv"]], metric=payload["metric"],
+                                    tracking=tracking, fit=payload.get("fit"))
+        for record in result.history:
+            tune.report({**record, **extra})
+    else:
+        result = training.run(cfg, observers=[_TrialState(trial_id), _Reporter(extra)], resume_from=resume_from,
+                              tracking=tracking, fit=payload.get("fit"), data=payload.get("data"))
     _release_memory()  # this worker runs the next trial too (reuse_actors)
     if result.status == "diverged":
         worst = -math.inf if payload["mode"] == "max" else math.inf
@@ -478,7 +484,7 @@ def _tune_locked(study: StudyConfig, *, resume: bool, address: str | None, progr
             "train": train, "trials_dir": str(study.output_dir / "trials"), "name": study.name,
             "gpu": study.resources_per_trial["gpu"], "cpu": study.resources_per_trial["cpu"],
             "metric": study.metric, "mode": study.mode, "tracking": tcfg, "parent_run_id": parent_run_id,
-            "fit": fit, "data": data,
+            "fit": fit, "data": data, "cv": _cv_folds(study, data),
         }
         _PROGRESS["live"], _PROGRESS["rows"] = set(), []
         started = time.monotonic()
@@ -530,6 +536,16 @@ def _confirm_progress(progress: Any) -> Any:
         progress([*trials, *retrainings.values()])
 
     return update
+
+
+def _cv_folds(study: StudyConfig, data: Any) -> list[str]:
+    """A cross-validated study's fold data YAMLs (detune.cv), written once by the driver, before the trials;
+    [] without ``cv``."""
+    if study.cv is None:
+        return []
+    from detune.cv import write_folds
+
+    return [str(p) for p in write_folds(data.dataset, study.cv, study.output_dir / "cv")]
 
 
 def _pin_threads(study: StudyConfig) -> StudyConfig:
@@ -623,6 +639,7 @@ def _study_params(study: StudyConfig) -> dict[str, Any]:
                resources_per_trial=json.dumps(study.resources_per_trial), seed=study.seed)
     out.update({f"search_params.{k}": v for k, v in study.search_params.items()})
     out.update({f"refine.{k}": v for k, v in (study.refine.to_dict() if study.refine else {}).items()})
+    out.update({f"cv.{k}": v for k, v in (study.cv.to_dict() if study.cv else {}).items()})
     out.update({f"trial_scheduler_params.{k}": v for k, v in study.trial_scheduler_params.items()})
     out.update({f"train.{k}": v for k, v in study.train.to_dict().items() if k != "tracking"})
     return out
