@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -230,12 +230,18 @@ def run(cfg: TrainConfig, *, observers: Sequence[Any] = (), resume_from: Path | 
     return result
 
 
+FoldJob = tuple[TrainConfig, "TrackingConfig | bool"]  # one fold's training: its config and its tracking
+
+
 def run_folds(cfg: TrainConfig, folds: Sequence[Path], *, metric: str, tracking: TrackingConfig | None = None,
-              fit: Fit | None = None) -> TrainResult:
-    """One cross-validated training (``detune.cv``): ``cfg`` trained once per fold data YAML, one after the
-    other, into ``<project>/<name>/fold<i>``. The result's ``history`` is the mean over the folds, epoch by
-    epoch, with ``cv/std`` and ``cv/fold<i>`` of ``metric`` (``detune.cv.fold_mean``); ``info["folds"]`` has
-    each fold's status, best ``metric`` and folder. A fold that diverges or fails ends it with that status.
+              fit: Fit | None = None,
+              parallel: Callable[[list[FoldJob]], list[TrainResult]] | None = None) -> TrainResult:
+    """One cross-validated training (``detune.cv``): ``cfg`` trained once per fold data YAML into
+    ``<project>/<name>/fold<i>``, one after the other, or all at once by ``parallel`` (given the folds' jobs,
+    it returns their results in order; a study runs them as Ray tasks). The result's ``history`` is the
+    mean over the folds, epoch by epoch, with ``cv/std`` and ``cv/fold<i>`` of ``metric``
+    (``detune.cv.fold_mean``); ``info["folds"]`` has each fold's status, best ``metric`` and folder. A fold
+    that diverges or fails gives the result its status.
 
     With ``tracking``, the run of the whole (its history: the mean curve) holds one nested run per fold
     (``<name>-fold<i>``, tag ``detune.fold``), each logged as a ``detune.train`` run is.
@@ -248,25 +254,28 @@ def run_folds(cfg: TrainConfig, folds: Sequence[Path], *, metric: str, tracking:
         logger = tracking_mod.open_training_run(tracking, config=resolved_config(cfg),
                                                 dataset={"data.cv_folds": len(folds)}, effective_lr0=cfg.effective_lr0)
     folder = Path(cfg.project) / cfg.name
+    jobs: list[FoldJob] = [(cfg.replace(data=str(data), project=str(folder), name=f"fold{i}", exist_ok=True),
+                            False if logger is None else tracking.replace(
+                                parent_run_id=logger.run_id, run_id=None, run_name=f"{cfg.name}-fold{i}",
+                                tags={**tracking.tags, "detune.fold": str(i)}))
+                           for i, data in enumerate(folds)]
     results: list[TrainResult] = []
     try:
-        for i, data in enumerate(folds):
-            fold_tracking = False if logger is None else tracking.replace(
-                parent_run_id=logger.run_id, run_id=None, run_name=f"{cfg.name}-fold{i}",
-                tags={**tracking.tags, "detune.fold": str(i)})
-            results.append(run(cfg.replace(data=str(data), project=str(folder), name=f"fold{i}", exist_ok=True),
-                               tracking=fold_tracking, fit=fit))
+        if parallel is not None:
+            results = list(parallel(jobs))
+        for fold_cfg, fold_tracking in jobs if parallel is None else ():
+            results.append(run(fold_cfg, tracking=fold_tracking, fit=fit))
             if results[-1].status != "completed":
                 break
     except BaseException as e:
         if logger is not None:
             logger.abort(e)
         raise
-    last = results[-1]
-    done = last.status == "completed"
-    history = fold_mean([r.history for r in results], metric) if done else []
-    reason = None if done else f"fold {len(results) - 1}: {last.reason}"
-    result = TrainResult(status=last.status, history=history, save_dir=folder, config=resolved_config(cfg),
+    worst = next((i for i, r in enumerate(results) if r.status != "completed"), None)
+    history = fold_mean([r.history for r in results], metric) if worst is None else []
+    status = "completed" if worst is None else results[worst].status
+    reason = None if worst is None else f"fold {worst}: {results[worst].reason}"
+    result = TrainResult(status=status, history=history, save_dir=folder, config=resolved_config(cfg),
                          reason=reason, info={"folds": [
                              {"status": r.status, "best": r.best.get(metric), "save_dir": str(r.save_dir)}
                              for r in results]})

@@ -43,7 +43,8 @@ from detune.study_files import (
     summarize,
 )
 
-__all__ = ["INTERRUPTED_STUDY", "STUDY_STATE", "check_study", "suggest_for_study", "trial_device", "tune"]
+__all__ = ["INTERRUPTED_STUDY", "STUDY_STATE", "check_study", "folds_at_once", "suggest_for_study", "trial_device",
+           "tune"]
 
 STUDY_STATE = "study.json"
 
@@ -389,7 +390,8 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
              "detune_restored_from": restored_from or "", "detune_status": "running"}
     if payload.get("cv"):  # one training per fold, then the fold-mean curve (detune.cv): no checkpoints
         result = training.run_folds(cfg, [Path(p) for p in payload["cv"]], metric=payload["metric"],
-                                    tracking=tracking, fit=payload.get("fit"))
+                                    tracking=tracking, fit=payload.get("fit"),
+                                    parallel=_fold_tasks(payload) if payload.get("cv_parallel") else None)
         for record in result.history:
             tune.report({**record, **extra})
     else:
@@ -403,6 +405,47 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
                      "detune_reason": result.reason or ""})
     elif result.status == "failed":
         raise TuneError(f"trial {trial_id} failed: {result.reason}")
+
+
+def _fold_tasks(payload: dict[str, Any]) -> Any:
+    """Runs a cross-validated trial's folds at once: the first in the trial's own worker, the others as Ray
+    tasks in the bundles the trial's placement group holds for them (``_trial_resources``), each with the
+    trial's CPUs and GPU."""
+    import ray
+
+    def run_jobs(jobs: list[Any]) -> list[Any]:
+        task = ray.remote(_train_fold).options(num_cpus=payload["cpu"], num_gpus=payload["gpu"])
+        futures = [task.remote(cfg, fold_tracking, payload.get("fit"), payload["gpu"])
+                   for cfg, fold_tracking in jobs[1:]]
+        first = _train_fold(*jobs[0], payload.get("fit"), payload["gpu"])
+        return [first, *ray.get(futures)]
+
+    return run_jobs
+
+
+def _train_fold(cfg: Any, tracking: Any, fit: Any, gpu: float) -> Any:
+    """One fold's training, in a trial's worker or a Ray task (on the GPU Ray assigned to it, if any)."""
+    from detune import training
+
+    _runtime.prepare()
+    return training.run(cfg.replace(device=trial_device(gpu)), tracking=tracking, fit=fit)
+
+
+def _trial_resources(study: StudyConfig, parallel_folds: bool) -> Any:
+    """What Ray reserves for a trial: ``resources_per_trial``, or for a cross-validated trial whose folds run
+    at once, a placement group of one such bundle per fold (the trial's worker uses the first)."""
+    from ray import tune
+
+    one = {"cpu": study.resources_per_trial["cpu"], "gpu": study.resources_per_trial["gpu"]}
+    if not parallel_folds:
+        return one
+    return tune.PlacementGroupFactory([{"CPU": one["cpu"], "GPU": one["gpu"]}] * study.cv.folds)
+
+
+def folds_at_once(folds: int, per_trial: Mapping[str, float], cluster: Mapping[str, float]) -> bool:
+    """Whether a cross-validated trial runs its folds at once: when the cluster holds ``folds`` trials'
+    resources (``resources_per_trial``); else one after the other, in the trial's own resources."""
+    return all(cluster.get(key.upper(), 0) >= folds * float(per_trial[key]) for key in ("cpu", "gpu"))
 
 
 def _release_memory() -> None:
@@ -656,9 +699,10 @@ def _run_ray(study: StudyConfig, payload: dict[str, Any], *, resume: bool, addre
         started = True
     try:
         _check_resources(study, address)
+        payload["cv_parallel"] = study.cv is not None and folds_at_once(study.cv.folds, study.resources_per_trial,
+                                                                         ray.cluster_resources())
         trainable = tune.with_resources(tune.with_parameters(_trainable, payload=payload),
-                                        {"cpu": study.resources_per_trial["cpu"],
-                                         "gpu": study.resources_per_trial["gpu"]})
+                                        _trial_resources(study, payload["cv_parallel"]))
         experiment = study.storage_path / study.name  # checked in tune(), before Ray started
         if resume:
             tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,

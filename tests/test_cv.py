@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from conftest import HeldStudy
 
 from detune.cv import CVSettings, assign_folds, fold_mean, parse_cv, write_folds
 from detune.datasets import check_dataset, make_shapes, split_images
@@ -84,6 +86,15 @@ def test_fold_mean_averages_each_epoch_and_reports_the_spread() -> None:
     assert fold_mean([a, a[:1]], "m") == fold_mean([a[:1], a[:1]], "m")  # the epochs every fold reached
 
 
+def test_a_trials_folds_run_at_once_when_the_cluster_holds_them_all() -> None:
+    from detune.tuning import folds_at_once
+
+    assert folds_at_once(2, {"cpu": 1, "gpu": 0}, {"CPU": 2.0})
+    assert not folds_at_once(3, {"cpu": 1, "gpu": 0}, {"CPU": 2.0})  # one after the other in 1 CPU
+    assert folds_at_once(4, {"cpu": 2, "gpu": 0.5}, {"CPU": 8.0, "GPU": 2.0})
+    assert not folds_at_once(4, {"cpu": 2, "gpu": 1}, {"CPU": 8.0, "GPU": 2.0})
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_ray")
 def test_a_cross_validated_study_scores_each_trial_by_the_mean_of_its_real_fold_trainings(
@@ -124,3 +135,24 @@ def test_a_cross_validated_study_scores_each_trial_by_the_mean_of_its_real_fold_
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(means, abs=1e-5)
     parent = next(r for r in runs if r.data.tags.get("detune.kind") == "study")
     assert trial_run.data.tags["mlflow.parentRunId"] == parent.info.run_id and parent.data.params["cv.folds"] == "2"
+
+
+@pytest.mark.slow
+def test_a_trials_folds_train_at_once_when_the_machine_holds_them(tmp_path: Path, shapes_yaml: Path,
+                                                                  held_study: HeldStudy) -> None:
+    """Two folds on a 2-CPU Ray: the trial's placement group holds both, so the second fold trains while the
+    first is held after its first epoch (one after the other, it would never start)."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("two folds at once need 2 CPUs; this machine has 1")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "folds", "output_dir": str(tmp_path / "out"), "cv": {"folds": 2},
+        "train": {"data": str(shapes_yaml), "epochs": 2, "imgsz": 32, "device": "cpu", "warmup_epochs": 0.0},
+        "search_space": {"lr0": {"choice": [0.01]}}, "search": "random", "num_samples": 1,
+        "resources_per_trial": {"cpu": 1}, "tracking": False}))
+    states = tmp_path / "out" / "trials"
+    first = held_study.start(path, ready=lambda: len(list(states.glob("*/fold*/weights/detune_state.json"))) == 2,
+                             timeout=300)
+    held_study.hold.unlink()
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0 and "completed" in stdout, stderr[-3000:]
