@@ -20,8 +20,9 @@ from typing import Any
 import _common
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("overhead", "ray_overhead", "search", "lr_finder", "lr_finder_methods", "pretrain", "finetune")
-SECTIONS = ("overhead", "search", "ray_overhead", "lr_finder", "lr_finder_methods", "pretrain", "finetune")
+ORDER = ("overhead", "ray_overhead", "search", "lr_finder", "lr_finder_methods", "pretrain", "finetune", "optimizers")
+SECTIONS = ("overhead", "search", "ray_overhead", "lr_finder", "lr_finder_methods", "pretrain", "finetune",
+            "optimizers")
 
 
 def summary(out: Path) -> list[str]:
