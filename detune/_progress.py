@@ -387,9 +387,10 @@ def tune_summary(result: Any, study: Any, *, report: Path | None, log: Path | No
 
     counts = {s: sum(t["status"] == s for t in result.trials) for s in _DONE}
     epochs = sum(int(t.get("epochs_run") or 0) for t in result.trials)
+    folds = study.cv.folds if getattr(study, "cv", None) else 1  # a cross-validated trial trains once per fold
+    spent = f"{epochs} trial-epochs" if folds == 1 else f"{epochs} trial-epochs x {folds} folds"
     lines = [f"study {result.name}{' (interrupted)' if interrupted else ''}: {len(result.trials)} trials ("
-             + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f"), {epochs} trial-epochs in "
-             + _elapsed_text(elapsed)]
+             + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f"), {spent} in " + _elapsed_text(elapsed)]
     if result.confirm:
         lines.append(_confirm_line(result.confirm, result.metric, result.best_params))
     elif result.best_config is not None:

@@ -671,7 +671,7 @@ def _best_metrics(study: StudyConfig, result: StudyResult) -> dict[str, float]:
     out["trials/total"] = len(result.trials)
     for status in TRIAL_STATUSES:
         out[f"trials/{status}"] = sum(t["status"] == status for t in result.trials)
-    out["trial_epochs"] = sum(int(t["epochs_run"]) for t in result.trials)
+    out["trial_epochs"] = sum(int(t["epochs_run"]) for t in result.trials) * (study.cv.folds if study.cv else 1)
     return out
 
 
