@@ -5,7 +5,7 @@ diverges and 0.5 <= lr0 < 1 crashes in its second epoch (a simulated out-of-memo
 ``last.pt`` (a small JSON stand-in) and ``detune_state.json`` like the real adapter, so checkpoints, resume
 and PBT exploits go through the same code paths. While the file named by ``DETUNE_FAKE_HOLD`` exists, it
 waits after each epoch (a study held mid-way for a test of Ctrl-C or of a second study, however fast or slow
-the machine is).
+the machine is); ``Fake(hold=path)`` does the same in the Ray workers of a study run in the test's process.
 
 A probe run (the LR range test): the batch loss at lr is ``curve(lr)``; a non-finite loss ends it
 ``diverged`` (as the adapter's guard does), a probe asking to stop ends it ``stopped``.
@@ -53,8 +53,9 @@ class Fake:
     """
 
     def __init__(self, curve: Callable[[float], float] = u_curve, batches_per_epoch: int = 40,
-                 status: str | None = None) -> None:
+                 status: str | None = None, hold: str | os.PathLike[str] | None = None) -> None:
         self.curve, self.batches_per_epoch, self.status = curve, batches_per_epoch, status
+        self.hold = str(hold) if hold is not None else None
         self.configs: list[TrainConfig] = []
         self.lrs_applied: list[float] = []
 
@@ -62,7 +63,7 @@ class Fake:
                  probe: Probe | None = None) -> RunOutcome:
         self.configs.append(cfg)
         if probe is None:
-            return _train(cfg, observer=observer, resume_from=resume_from)
+            return _train(cfg, observer=observer, resume_from=resume_from, hold=self.hold)
         save = Path(cfg.project) / cfg.name
         save.mkdir(parents=True, exist_ok=True)
         info = {"batches_per_epoch": self.batches_per_epoch, "steps_per_epoch": self.batches_per_epoch,
@@ -90,7 +91,8 @@ def fit(cfg: TrainConfig, data_yaml: Path, *, observer: Any = None, resume_from:
     return _train(cfg, observer=observer, resume_from=resume_from)
 
 
-def _train(cfg: TrainConfig, *, observer: Any = None, resume_from: Path | None = None) -> RunOutcome:
+def _train(cfg: TrainConfig, *, observer: Any = None, resume_from: Path | None = None,
+           hold: str | None = None) -> RunOutcome:
     save_dir = Path(cfg.project).resolve() / cfg.name
     weights = save_dir / "weights"
     weights.mkdir(parents=True, exist_ok=True)
@@ -131,7 +133,8 @@ def _train(cfg: TrainConfig, *, observer: Any = None, resume_from: Path | None =
             except BaseException as e:  # Ray's SystemExit for a stopped trial: the curves go with it, as the adapter
                 attach_partial(e, RunOutcome("stopped", history, save_dir, {}, steps, info, reason=type(e).__name__))
                 raise
-        while os.environ.get("DETUNE_FAKE_HOLD") and os.path.exists(os.environ["DETUNE_FAKE_HOLD"]):
+        hold = hold or os.environ.get("DETUNE_FAKE_HOLD")
+        while hold and os.path.exists(hold):
             time.sleep(0.05)
     if cfg.score_test:  # the held-out score sits a little below the last val score, as it tends to
         value = score(cfg.lr0, cfg.epochs) * 0.9

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -97,20 +97,16 @@ class HeldStudy:
                     "DETUNE_FAKE_HOLD": str(self.hold)}
         self.started: list[subprocess.Popen] = []
 
-    def start(self, config: Path, experiment: Path | None = None, *, ready: Callable[[], bool] | None = None,
-              timeout: float = 600) -> subprocess.Popen:
-        """The driver, once a trial has reported into ``experiment`` (Ray's folder of the study), or once
-        ``ready()``; the test fails when that takes more than ``timeout`` seconds."""
+    def start(self, config: Path, experiment: Path) -> subprocess.Popen:
+        """The driver, once a trial has reported into ``experiment`` (Ray's folder of the study)."""
         import time
 
         proc = subprocess.Popen([sys.executable, str(self.script), str(config)], env=self.env, cwd=self.cwd,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.started.append(proc)
-        ready = ready or (lambda: any(f.stat().st_size for f in experiment.glob("*/result.json")))
-        deadline = time.time() + timeout
-        while not ready():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.time() < deadline, f"not ready after {timeout:g} s"
+        deadline = time.time() + 600
+        while not any(f.stat().st_size for f in experiment.glob("*/result.json")):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
             time.sleep(0.2)
         return proc
 

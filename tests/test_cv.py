@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from conftest import HeldStudy
 
 from detune.cv import CVSettings, assign_folds, fold_mean, parse_cv, write_folds
 from detune.datasets import check_dataset, make_shapes, split_images
@@ -138,21 +136,35 @@ def test_a_cross_validated_study_scores_each_trial_by_the_mean_of_its_real_fold_
 
 
 @pytest.mark.slow
-def test_a_trials_folds_train_at_once_when_the_machine_holds_them(tmp_path: Path, shapes_yaml: Path,
-                                                                  held_study: HeldStudy) -> None:
+@pytest.mark.usefixtures("local_ray")
+def test_a_trials_folds_train_at_once_when_the_cluster_holds_them(tmp_path: Path, shapes_yaml: Path) -> None:
     """Two folds on a 2-CPU Ray: the trial's placement group holds both, so the second fold trains while the
-    first is held after its first epoch (one after the other, it would never start)."""
-    if (os.cpu_count() or 1) < 2:
-        pytest.skip("two folds at once need 2 CPUs; this machine has 1")
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "folds", "output_dir": str(tmp_path / "out"), "cv": {"folds": 2},
-        "train": {"data": str(shapes_yaml), "epochs": 2, "imgsz": 32, "device": "cpu", "warmup_epochs": 0.0},
-        "search_space": {"lr0": {"choice": [0.01]}}, "search": "random", "num_samples": 1,
-        "resources_per_trial": {"cpu": 1}, "tracking": False}))
-    states = tmp_path / "out" / "trials"
-    first = held_study.start(path, ready=lambda: len(list(states.glob("*/fold*/weights/detune_state.json"))) == 2,
-                             timeout=300)
-    held_study.hold.unlink()
-    stdout, stderr = first.communicate(timeout=300)
-    assert first.returncode == 0 and "completed" in stdout, stderr[-3000:]
+    first is held after its first epoch (one after the other, it would not start until the hold ends)."""
+    import threading
+    import time
+
+    import ray
+
+    from detune import _fake
+    from detune.tuning import tune
+
+    if ray.cluster_resources().get("CPU", 0) < 2:
+        pytest.skip("two folds at once need 2 CPUs; this Ray has 1")
+    hold, states, seen = tmp_path / "hold", tmp_path / "out" / "trials", []
+    hold.touch()
+
+    def release() -> None:  # when both folds are held mid-training (or after 120 s), let them go
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not seen:
+            if len(list(states.glob("*/fold*/weights/detune_state.json"))) == 2:
+                seen.append(True)
+            time.sleep(0.2)
+        hold.unlink()
+
+    threading.Thread(target=release, daemon=True).start()
+    result = tune({"name": "folds", "output_dir": str(tmp_path / "out"), "cv": {"folds": 2},
+                   "train": {"data": str(shapes_yaml), "epochs": 2, "imgsz": 32, "device": "cpu",
+                             "warmup_epochs": 0.0},
+                   "search_space": {"lr0": {"choice": [0.01]}}, "search": "random", "num_samples": 1,
+                   "resources_per_trial": {"cpu": 1}, "tracking": False}, fit=_fake.Fake(hold=hold))
+    assert seen == [True] and result.trials[0]["status"] == "completed"

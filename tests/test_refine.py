@@ -1,18 +1,15 @@
 """Zoom-in search, ``refine: {rounds, factor}``: the narrowing rules (pure), the study settings it refuses, and
-refined studies on a real local Ray (fake trainer): the rounds, their narrowed ranges around the best trial,
-trials.csv's round column, MLflow's detune.round tags, and a resume mid-study."""
+a refined study on a real local Ray (fake trainer): the rounds, their narrowed ranges around the best trial,
+trials.csv's round column, MLflow's detune.round tags. Its resume mid-study: test_study_lifecycle's Ctrl-C test."""
 
 from __future__ import annotations
 
 import csv
-import math
-import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import HeldStudy
 
 from detune import _fake
 from detune.errors import ConfigError
@@ -161,21 +158,3 @@ def test_a_refined_study_runs_its_second_round_around_the_first_rounds_best(tmp_
     assert tags == {r["trial_id"]: r["round"] for r in rows}
     parent = next(r for r in runs if r.data.tags.get("detune.kind") == "study")
     assert parent.data.params["refine.rounds"] == "2" and parent.data.params["refine.factor"] == "3.0"
-
-
-@pytest.mark.slow
-def test_a_refined_study_interrupted_in_its_first_round_resumes_into_the_second(
-        tmp_path: Path, shapes_yaml: Path, held_study: HeldStudy) -> None:
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(_refined(tmp_path, shapes_yaml, num_samples=4)))
-    out = tmp_path / "out"
-    first = held_study.start(path, out / "ray" / "zoom")
-    first.send_signal(signal.SIGINT)
-    stdout, stderr = first.communicate(timeout=300)
-    assert first.returncode == 0, stderr[-3000:]
-    assert "interrupted" in stdout and "round" in (out / "trials.csv").read_text().splitlines()[0]
-    resumed = held_study.resume(path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    rows = _check_rounds(out, 2)
-    assert [r["status"] for r in rows] == ["completed"] * 4
-    assert not math.isnan(float(rows[0]["best_metric"]))

@@ -150,12 +150,14 @@ def test_keyboard_interrupt_mid_study_closes_parent_and_open_trials_killed(tmp_p
 
 
 # ---- Ctrl-C and a second study on the same folder -----------------------------------------------------------
-def test_second_study_is_refused_and_sigint_closes_the_study_killed_then_resume_finishes(
+def test_second_study_is_refused_and_sigint_closes_the_study_killed_then_resume_finishes_its_rounds(
         tmp_path: Path, shapes_yaml: Path, held_study: HeldStudy) -> None:
+    """A zoom-in study (refine: 2 rounds of 2 trials) interrupted in its first round: Ray saves the rounds'
+    searcher with the experiment, so --resume finishes round 1 and runs round 2 around its best trial."""
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(_study(tmp_path, shapes_yaml, search="grid", search_space={
-        "lr0": {"grid": [0.01, 0.02]}}, train={"data": str(shapes_yaml), "epochs": 3, "imgsz": 32,
-                                               "device": "cpu", "warmup_epochs": 0.0})))
+    path.write_text(yaml.safe_dump(_study(tmp_path, shapes_yaml, num_samples=4, refine={"rounds": 2, "factor": 3},
+                                          train={"data": str(shapes_yaml), "epochs": 3, "imgsz": 32,
+                                                 "device": "cpu", "warmup_epochs": 0.0})))
     out = tmp_path / "out"
     first = held_study.start(path, out / "ray" / "life")
     state = (out / "study.json").read_text()
@@ -181,7 +183,10 @@ def test_second_study_is_refused_and_sigint_closes_the_study_killed_then_resume_
     resumed = held_study.resume(path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = _assert_mlflow_agrees_with_trials_csv(tmp_path, out)
-    assert [r["status"] for r in rows] == ["completed", "completed"]
+    assert [r["status"] for r in rows] == ["completed"] * 4
+    assert sorted(r["round"] for r in rows) == ["1", "1", "2", "2"]
+    lr = float(max((r for r in rows if r["round"] == "1"), key=lambda r: float(r["best_metric"]))["lr0"])
+    assert all(lr / 3 * (1 - 1e-9) <= float(r["lr0"]) <= lr * 3 * (1 + 1e-9) for r in rows if r["round"] == "2")
     parents, children = _runs(tmp_path)
     assert sorted(c.data.tags["detune.trial_id"] for c in children) == sorted(r["trial_id"] for r in rows)
     assert [(p.info.status, p.data.tags["detune.status"]) for p in parents] == [("FINISHED", "completed")]
