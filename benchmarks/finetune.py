@@ -6,12 +6,13 @@ changes; Ultralytics' genetic tuner has no seed, so its repeats show its spread)
 
 - ``detune_default``: the default study before issue 15 (Optuna TPE + ASHA, log-uniform lr0 in [1e-4, 1e-1],
   lrf, momentum);
-- ``detune_prior``: the issue-15 design, detune's default since these runs (``detune.prior`` space around the
-  config's lr0 with the optimizer family, warmup and schedule; Optuna GP sampler; the ``detection`` rung
-  rules; confirmation of the top 2 with 2 seeds, its retrainings counted in the trial-epochs);
-- ``detune_tpe``, ``detune_cmaes``, ``detune_local``: the same design with another Optuna sampler (issue 15's
-  sampler comparison): TPE, CMA-ES started at the baseline (x0), and detune's local search around the best
-  trial so far (``search_params.sampler: local``, the genetic tuner's idea);
+- ``detune_tpe``: the issue-15 design, detune's default (``detune.prior`` space around the config's lr0 with
+  the optimizer family, warmup and schedule; Optuna's TPE sampler; the ``detection`` rung rules;
+  confirmation of the top 2 with 2 seeds, its retrainings counted in the trial-epochs);
+- ``detune_prior``, ``detune_cmaes``, ``detune_local``: the same design with another Optuna sampler (issue
+  15's sampler comparison): GP (the default until that comparison), CMA-ES started at the baseline (x0), and
+  detune's local search around the best trial so far (``search_params.sampler: local``, the genetic tuner's
+  idea);
 - ``detune_refine``: the default design with zoom-in rounds (``refine: {rounds: 2, factor: 3}``, issue 16);
 - ``ultralytics_ga`` and ``ultralytics_ray``: ``model.tune()`` and ``model.tune(use_ray=True)`` on lr0, lrf,
   momentum (the bounds of ``search.SPACE``).
@@ -23,7 +24,7 @@ Every trial's parameters are kept in ``results/finetune.json``.
 
     DETUNE_BENCH_CACHE=/work/bench-cache .venv/bin/python benchmarks/finetune.py            # hours on 2 cores
     .venv/bin/python benchmarks/finetune.py --quick --repeats 1                             # smoke
-    .venv/bin/python benchmarks/finetune.py --targets target --strategies detune_prior ultralytics_ga
+    .venv/bin/python benchmarks/finetune.py --targets target --strategies detune_tpe ultralytics_ga
 """
 
 from __future__ import annotations
@@ -46,14 +47,16 @@ import search
 from detune.rungs import NOISE_FLOOR
 from detune.study_files import TRIAL_COLUMNS
 
-VARIANTS = {  # the default design (detune_prior) and the variants compared with it: study settings that change
-    "detune_prior": {}, "detune_tpe": {"search_params": {"sampler": "tpe"}},
+DEFAULT = "detune_tpe"  # the strategy that is detune's default study
+VARIANTS = {  # the default design and the variants compared with it: the study settings they change
+    DEFAULT: {}, "detune_prior": {"search_params": {"sampler": "gp"}},
     "detune_cmaes": {"search_params": {"sampler": "cmaes"}}, "detune_local": {"search_params": {"sampler": "local"}},
     "detune_refine": {"refine": {"rounds": 2, "factor": 3}}}
-STRATEGIES = ("detune_default", *VARIANTS, "ultralytics_ga", "ultralytics_ray")
+STRATEGIES = (*VARIANTS, "detune_default", "ultralytics_ga", "ultralytics_ray")
 LABELS = {**search.LABELS, "detune_default": "detune's old default (TPE + ASHA, log lr0)",
-          "detune_prior": "detune default (prior + GP + detection rungs + confirm)",
-          "detune_tpe": "detune design, TPE sampler", "detune_cmaes": "detune design, CMA-ES from the baseline",
+          "detune_tpe": "detune default (prior + TPE + detection rungs + confirm)",
+          "detune_prior": "detune design, GP sampler (the default before the comparison)",
+          "detune_cmaes": "detune design, CMA-ES from the baseline",
           "detune_local": "detune design, local search (sampler: local)",
           "detune_refine": "detune default + zoom-in (refine: 2 rounds, factor 3)"}
 SIZES = {
@@ -72,10 +75,10 @@ CONFIRM = {"top_k": 2, "seeds": 2}
 
 def prior_study(s: dict[str, Any], data: Path, work: Path, gpu: bool, seed: int,
                 variant: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The default design: no search_space (detune.prior's), Optuna's GP sampler, detection rungs,
+    """The default design: no search_space (detune.prior's), Optuna's TPE sampler, detection rungs,
     confirmation; ``variant`` changes some of it (``VARIANTS``)."""
     return {"name": "detune_prior", "train": search.train_settings(s, data, gpu),
-            "search": "optuna", "search_params": {"sampler": "gp"}, "trial_scheduler": "detection",
+            "search": "optuna", "search_params": {"sampler": "tpe"}, "trial_scheduler": "detection",
             "num_samples": s["trials"], "max_concurrent_trials": None if gpu else 2, "seed": seed,
             "confirm": CONFIRM if s["trials"] > 2 else {"top_k": 1, "seeds": 1},
             "resources_per_trial": {"cpu": 1, "gpu": 1 if gpu else 0}, "metric": search.METRIC, "mode": "max",
@@ -337,7 +340,8 @@ def render(results: dict[str, Any], out: Path) -> str:
             sections.append(f"### {target}\n\n{t['skipped']}")
             continue
         recorded = _recorded_shapes(t, out) if target == "shapes" else {}
-        t = {**t, "runs": {**t["runs"], **{k: v + t["runs"].get(k, []) for k, v in recorded.items()}}}
+        runs = {**t["runs"], **{k: v + t["runs"].get(k, []) for k, v in recorded.items()}}
+        t = {**t, "runs": {k: runs[k] for k in sorted(runs, key=lambda k: STRATEGIES.index(k))}}  # default first
         lines = summary_lines(target, t["settings"], t["runs"], t["references"])
         if recorded:
             lines.append(f"\nFrom scratch (yolo11n.yaml). Rows {', '.join(LABELS[k] for k in recorded)}: their first "

@@ -49,7 +49,7 @@ def tuned_settings(results: dict[str, Any], target: str, family: str) -> tuple[d
     """The params of the best ``family`` trial of detune's default study on ``target`` (over its repeats),
     and where they come from; None when finetune.json has no such trial."""
     t = results.get("targets", {}).get(target, {})
-    runs = t.get("runs", {}).get("detune_prior", [])
+    runs = t.get("runs", {}).get(finetune.DEFAULT, [])
     best, where = None, ""
     for n, run_ in enumerate(runs):
         for trial in run_.get("trials", []):

@@ -34,7 +34,7 @@ class StudyConfig:
     name: str = "study"
     output_dir: Path = Path("runs/detune/study")
     search: str = "optuna"
-    search_params: dict[str, Any] = dataclasses.field(default_factory=lambda: {"sampler": "gp"})
+    search_params: dict[str, Any] = dataclasses.field(default_factory=lambda: {"sampler": "tpe"})
     trial_scheduler: str = "detection"
     trial_scheduler_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     num_samples: int = 8
@@ -144,15 +144,15 @@ def _check_refine(study: StudyConfig) -> None:
 
 
 def _searcher(raw: Mapping[str, Any], space: Mapping[str, Dim]) -> tuple[str, dict[str, Any]]:
-    """``search`` and ``search_params``. The default is Optuna's GP sampler (it models from a few trials, as
-    8-30 trial studies need), or random search when the space has grid dimensions (Optuna cannot
-    enumerate them) or the study runs PBT (which mutates trials itself); an explicit ``search: optuna``
-    keeps Optuna's own default, TPE."""
+    """``search`` and ``search_params``. The default is Optuna's TPE sampler, modelling after a few trials
+    (detune.tuning; it won the sampler comparison of benchmarks/RESULTS.md section 5), or random search when
+    the space has grid dimensions (Optuna cannot enumerate them) or the study runs PBT (which mutates trials
+    itself)."""
     if "search" in raw:
         return raw["search"], _mapping(raw, "search_params")
     if raw.get("trial_scheduler") == "pbt" or any(d.kind == "grid" for d in space.values()):
         return "random", _mapping(raw, "search_params")
-    return "optuna", _mapping(raw, "search_params") if "search_params" in raw else {"sampler": "gp"}
+    return "optuna", _mapping(raw, "search_params") if "search_params" in raw else {"sampler": "tpe"}
 
 
 def _default_confirm(study: StudyConfig) -> bool:

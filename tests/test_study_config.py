@@ -74,17 +74,17 @@ def test_lr_search_with_a_momentum_grid_under_optuna_fails_before_ray(tmp_path: 
 
 
 @pytest.mark.parametrize(("changes", "search", "params", "scheduler", "confirm"), [
-    ({}, "optuna", {"sampler": "gp"}, "detection", {"top_k": 2, "seeds": 2}),  # the default study
-    ({"num_samples": 6}, "optuna", {"sampler": "gp"}, "detection", None),  # a few trials: no confirmation
+    ({}, "optuna", {"sampler": "tpe"}, "detection", {"top_k": 2, "seeds": 2}),  # the default study
+    ({"num_samples": 6}, "optuna", {"sampler": "tpe"}, "detection", None),  # a few trials: no confirmation
     ({"search_space": {"lr0": {"grid": [0.01, 0.02]}}, "num_samples": 4}, "random", {}, "detection",
      {"top_k": 2, "seeds": 2}),  # a grid: random enumerates it; 2 x 4 = 8 trials
     ({"trial_scheduler": "pbt", "search_space": {"lr0": {"loguniform": [1e-3, 1e-1]}}}, "random", {}, "pbt",
      None),  # PBT mutates trials itself
-    ({"time_budget_s": 600}, "optuna", {"sampler": "gp"}, "detection", None),  # retrainings would overrun it
+    ({"time_budget_s": 600}, "optuna", {"sampler": "tpe"}, "detection", None),  # retrainings would overrun it
     ({"search": "optuna"}, "optuna", {}, "detection", {"top_k": 2, "seeds": 2}),  # explicit: Optuna's TPE
     ({"search_params": {"n_startup_trials": 4}}, "optuna", {"n_startup_trials": 4}, "detection",
      {"top_k": 2, "seeds": 2}),  # TPE settings
-    ({"confirm": False, "trial_scheduler": "asha"}, "optuna", {"sampler": "gp"}, "asha", None),
+    ({"confirm": False, "trial_scheduler": "asha"}, "optuna", {"sampler": "tpe"}, "asha", None),
 ])
 def test_the_default_study_design_and_when_it_steps_aside(tmp_path: Path, changes: dict, search: str,
                                                             params: dict, scheduler: str, confirm: Any) -> None:

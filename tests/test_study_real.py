@@ -172,7 +172,7 @@ def test_shipped_train_config_runs(tmp_path: Path, shapes_yaml: Path) -> None:
 
 @pytest.mark.usefixtures("local_ray")
 def test_a_default_study_and_its_best_yaml_repeats_its_trials_curve(tmp_path: Path, shapes_yaml: Path) -> None:
-    """The default design for real (the prior, Optuna's GP sampler, the detection rungs; a confirmation
+    """The default design for real (the prior, Optuna's TPE sampler, the detection rungs; a confirmation
     stage); best.yaml records what changes the numerics (the trial's CPU threads beside the seed and the
     deterministic flag), so a retraining on the same machine repeats its trial epoch for epoch."""
     import detune
