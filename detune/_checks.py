@@ -22,7 +22,7 @@ def is_number(value: Any) -> bool:
 
 
 def settings_block(raw: Any, field: str, cls: type, example: str) -> Any:
-    """A study's optional settings block (``confirm``, ``refine``): a mapping of ``cls``'s fields, true (its
+    """A study's optional settings block (``confirm``, ``refine``, ``cv``): a mapping of ``cls``'s fields, true (its
     defaults), false or absent (None: off). Values are the caller's to check.
 
     Raises:
