@@ -149,7 +149,8 @@ def main() -> int:
             jobs = [(label, settings, how, seed) for label, settings, how in rows(tuned, target)
                     for seed in range(args.seeds)]
             specs = [{"train": train, "settings": settings, "seed": seed, "test": test,
-                      "work": str(Path(tmp) / target / f"{label}-{seed}")} for label, settings, _, seed in jobs]
+                      "work": str(Path(tmp) / target / f"row{n}-seed{seed}")}  # labels hold ", '": not in paths
+                     for n, (_, settings, _, seed) in enumerate(jobs)]
             with concurrent.futures.ThreadPoolExecutor(max_workers=1 if args.gpu else 2) as pool:
                 done = list(pool.map(run, specs))
             table: dict[str, dict[str, Any]] = {}
